@@ -1,0 +1,119 @@
+"""Checkpoints: a state_dict plus what is needed to rebuild and trust it.
+
+Layout (a plain dict, loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "kd_utils/1", "arch": {"name": "vgg8", "kwargs": {...}}, "state_dict": {...},
+     "config": {...}, "metrics": {...}, "seed": 0, "versions": {...}, "created": "...", "extra": {...}}
+
+Files are written atomically: an interrupted save leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .fileio import atomic_path
+from .models import build_model
+from .runtime import versions
+
+FORMAT = "kd_utils/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or does not fit the model asked for."""
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, config: dict | None = None, metrics: dict | None = None,
+                    seed: int | None = None, extra: dict | None = None) -> Path:
+    """Save ``model`` (built by :func:`kd_utils.models.build_model`) with its metadata, atomically."""
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        raise CheckpointError(f"model {type(model).__name__} has no .arch: build it with kd_utils.models.build_model "
+                              "so the checkpoint can rebuild it")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "arch": _plain(arch), "state_dict": state, "config": _plain(config or {}),
+               "metrics": _plain(metrics or {}), "seed": seed, "versions": versions(),
+               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "extra": _plain(extra or {})}
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``: a pickle that would run code is refused)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"checkpoint {path} was refused: it holds objects that are not plain data "
+                              f"(weights_only=True) -- {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted and cannot be read: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state_dict" not in payload:
+        raise CheckpointError(f"{path} is not a kd_utils checkpoint (expected a dict with format {FORMAT!r}); "
+                              "a bare state_dict can be loaded with model.load_state_dict(torch.load(path, "
+                              "weights_only=True))")
+    return payload
+
+
+def load_model(path: str | Path, expected: str | None = None, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model saved in ``path`` and load its weights (in eval mode).
+
+    ``expected`` (a model name such as ``"vgg8"``) guards against loading the wrong network.
+    The checkpoint's metadata is attached as ``model.checkpoint``.
+    """
+    payload = load_checkpoint(path, map_location)
+    arch = payload["arch"]
+    if expected is not None and arch.get("name") != expected:
+        raise CheckpointError(f"checkpoint {path} holds a {arch.get('name')!r} model, not the expected {expected!r}")
+    model = build_model(arch["name"], **arch.get("kwargs", {}))
+    load_weights(model, payload, path)
+    model.checkpoint = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.eval()
+
+
+def load_weights(model: nn.Module, payload_or_path: dict | str | Path, path: str | Path | None = None) -> nn.Module:
+    """Load a checkpoint's weights into an existing ``model``; a mismatch gets a clear error."""
+    if not isinstance(payload_or_path, dict):
+        path = payload_or_path
+        payload_or_path = load_checkpoint(payload_or_path)
+    payload = payload_or_path
+    mine, theirs = getattr(model, "arch", None), payload.get("arch")
+    if mine is not None and theirs is not None and _plain(mine) != theirs:
+        raise CheckpointError(f"checkpoint {path} was saved from {theirs}, which does not match this model {mine}")
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        first = str(e).splitlines()
+        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: "
+                              f"{' '.join(s.strip() for s in first[:3])}") from None
+    return model
+
+
+def _plain(obj: Any) -> Any:
+    """Convert tuples, numpy/torch scalars and paths to plain types weights_only can read back."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)

@@ -1,0 +1,181 @@
+"""Configuration: validated dataclasses and the named profiles ``smoke``, ``cpu`` and ``gpu``.
+
+A profile sizes every experiment of the suite for one kind of machine:
+
+* ``smoke`` -- tiny subsets and one epoch: every notebook in minutes, for CI.
+* ``cpu``   -- the default: full data sets, narrow models, few epochs (a 2-core machine, hours).
+* ``gpu``   -- paper-scale recipes.
+
+Pick one with ``get_profile()``: an explicit name wins, then the ``KD_PROFILE`` environment
+variable, then ``cpu``.  ``profile.train("hinton_teacher", lr=0.1)`` gives the ``TrainConfig`` of a
+named recipe with overrides; unknown recipe names and unknown fields are rejected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle", "step")
+AUGMENTS = (None, "crop_flip", "crop", "jitter")
+PROFILE_NAMES = ("smoke", "cpu", "gpu")
+DEFAULT_PROFILE = "cpu"
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults are the seed project's (batch 128, 10 epochs, Adam)."""
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()   # epochs at which "step" multiplies the lr by gamma
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    augment: str | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(self.milestones)
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an int >= 1, got {self.epochs!r}")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
+               f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        _check(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        _check(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.augment in AUGMENTS, f"unknown augment {self.augment!r}; allowed: {AUGMENTS}")
+        _check(self.precision in ("auto", "fp32", "bf16"),
+               f"unknown precision {self.precision!r}; allowed: auto, fp32, bf16")
+        _check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
+        _check(all(isinstance(m, int) and m >= 1 for m in self.milestones),
+               f"milestones must be positive epoch numbers, got {self.milestones}")
+
+    def replace(self, **overrides: Any) -> "TrainConfig":
+        """A copy with some fields changed; unknown field names raise ``ValueError``."""
+        return dataclasses.replace(self, **_known(type(self), overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+@dataclass
+class KDConfig:
+    """Hinton distillation: ``alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE``.
+    Defaults are the seed project's (T=5, alpha=0.5)."""
+    temperature: float = 5.0
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _known(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+    return overrides
+
+
+@dataclass
+class Profile:
+    """Sizes for one kind of machine: data subsets, seeds, and named training recipes."""
+    name: str
+    train_subset: int | None = None     # None = the full training set
+    test_subset: int | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)  # repeated runs for mean +- std
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def train(self, recipe: str, **overrides: Any) -> TrainConfig:
+        """The TrainConfig of a named recipe, with overrides applied."""
+        if recipe not in self.recipes:
+            raise ValueError(f"profile {self.name!r} has no recipe {recipe!r}; known: {sorted(self.recipes)}")
+        return TrainConfig(**_known(TrainConfig, {**self.recipes[recipe], **overrides}))
+
+    def data_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``kd_utils.data.get_data``."""
+        return {"train_subset": self.train_subset, "test_subset": self.test_subset}
+
+
+# Recipes shared by every profile; a profile changes epochs (and little else).
+_MNIST_SEED = dict(optimizer="adam", lr=1e-3, batch_size=128, epochs=10)
+_HINTON_TEACHER = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, schedule="cosine", batch_size=128,
+                       augment="jitter", epochs=60)
+_HINTON_STUDENT = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, schedule="cosine", batch_size=128,
+                       epochs=30)
+_CIFAR = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
+              batch_size=256, augment="crop_flip")
+
+
+def _recipes(mnist: int, hinton_t: int, hinton_s: int, cifar_t: int, cifar_s: int) -> dict[str, dict[str, Any]]:
+    return {
+        "mnist_seed": {**_MNIST_SEED, "epochs": mnist},
+        "hinton_teacher": {**_HINTON_TEACHER, "epochs": hinton_t},
+        "hinton_student": {**_HINTON_STUDENT, "epochs": hinton_s},
+        "cifar_teacher": {**_CIFAR, "epochs": cifar_t},
+        "cifar_student": {**_CIFAR, "epochs": cifar_s},
+    }
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", train_subset=2000, test_subset=500, seeds=(0, 1), recipes=_recipes(1, 1, 1, 1, 1)),
+    "cpu": Profile("cpu", seeds=(0, 1, 2), recipes=_recipes(10, 60, 30, 30, 30)),
+    "gpu": Profile("gpu", seeds=(0, 1, 2), recipes={
+        **_recipes(10, 120, 60, 240, 240),
+        # RepDistiller/CRD recipe: SGD 0.05, x0.1 at 150/180/210, wd 5e-4, batch 64.
+        "cifar_teacher": {**_CIFAR, "schedule": "step", "milestones": (150, 180, 210), "batch_size": 64,
+                          "nesterov": False, "epochs": 240},
+        "cifar_student": {**_CIFAR, "schedule": "step", "milestones": (150, 180, 210), "batch_size": 64,
+                          "nesterov": False, "epochs": 240},
+    }),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The named profile, else ``$KD_PROFILE``, else ``cpu``."""
+    name = name or os.environ.get("KD_PROFILE") or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILE_NAMES)}")
+    return PROFILES[name]
+
+
+def output_dirs(profile: str | Profile | None = None, root: str | os.PathLike | None = None,
+                create: bool = True) -> dict[str, "os.PathLike"]:
+    """The seed pipeline's folders: ``models/``, ``results/{metrics,predictions,plots}/``.
+
+    The default profile (``cpu``) writes the suite's reference findings at the top level; any other
+    profile writes under ``<profile>/`` subfolders so a smoke or GPU run never overwrites them.
+    ``root`` defaults to ``$KD_OUTPUT_ROOT`` or the current directory.
+    """
+    from pathlib import Path
+    name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
+    base = Path(root if root is not None else os.environ.get("KD_OUTPUT_ROOT", "."))
+    sub = "" if name == DEFAULT_PROFILE else name
+    dirs = {"models": base / "models" / sub, "results": base / "results" / sub}
+    dirs.update({k: dirs["results"] / k for k in ("metrics", "predictions", "plots")})
+    if create:
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+    return dirs

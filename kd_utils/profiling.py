@@ -1,0 +1,215 @@
+"""Model cost measurements: parameters, FLOPs, checkpoint size and latency.
+
+FLOPs come from torch's own ``FlopCounterMode`` (which counts 2 FLOPs per
+multiply-accumulate); nothing here hand-derives operator costs. Every function
+leaves the model's training mode as it found it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import statistics
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "count_parameters",
+    "flops_per_image",
+    "checkpoint_size_bytes",
+    "latency",
+    "profile_model",
+    "compare_models",
+]
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except TypeError:
+        raise ValueError(f"input_shape must be a sequence of ints like (C, H, W), got {input_shape!r}") from None
+    if len(shape) == 0 or any(d < 1 for d in shape):
+        raise ValueError(f"input_shape must be non-empty with positive sizes, got {tuple(input_shape)}")
+    return shape
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first parameter/buffer (CPU/float32 if none)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device, torch.get_default_dtype()
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put the model in eval mode and restore each submodule's own flag afterwards.
+
+    Restoring per submodule (not just ``model.train(was_training)``) keeps a
+    deliberately frozen sub-block, e.g. a BN layer kept in eval, as it was.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (shared parameters counted once)."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only))
+
+
+def flops_per_image(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one forward pass on a single image of shape ``input_shape`` = (C, H, W).
+
+    Measured with ``torch.utils.flop_counter.FlopCounterMode`` on a batch of 1, in
+    eval mode and under ``torch.no_grad``. Operators torch does not count (e.g.
+    activations, pooling, normalisation) contribute 0.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = _check_input_shape(input_shape)
+    device, dtype = _model_device_dtype(model)
+    x = torch.zeros((1, *shape), device=device, dtype=dtype)
+    counter = FlopCounterMode(display=False)
+    with _eval_mode(model), torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def checkpoint_size_bytes(model: nn.Module) -> int:
+    """Bytes taken by ``torch.save(model.state_dict())`` (serialised in memory)."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    repeats: int = 20,
+    warmup: int = 3,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Wall-clock forward latency per batch.
+
+    Returns ``median_s``, ``mean_s``, ``std_s`` (seconds per batch of ``batch_size``)
+    and ``images_per_s`` (batch_size / median). If ``device`` is given the model
+    is moved there (and left there, as ``nn.Module.to`` is in-place); otherwise the
+    model's current device is used.
+    """
+    shape = _check_input_shape(input_shape)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if device is not None:
+        model.to(device)
+    dev, dtype = _model_device_dtype(model)
+    if device is not None:
+        dev = torch.device(device)
+    x = torch.randn((batch_size, *shape), device=dev, dtype=dtype)
+    times: list[float] = []
+    with _eval_mode(model), torch.no_grad():
+        for _ in range(warmup):
+            model(x)
+        _sync(dev)
+        for _ in range(repeats):
+            # Synchronise on both sides so CUDA's async launches are included in the timing.
+            _sync(dev)
+            t0 = time.perf_counter()
+            model(x)
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {
+        "median_s": median,
+        "mean_s": statistics.fmean(times),
+        "std_s": statistics.pstdev(times) if len(times) > 1 else 0.0,
+        "images_per_s": batch_size / median if median > 0 else float("inf"),
+    }
+
+
+def profile_model(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    name: str | None = None,
+    batch_sizes: Sequence[int] = (1, 256),
+    repeats: int = 20,
+    warmup: int = 3,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """One-row cost profile of a model.
+
+    Keys: ``name`` (if given), ``params``, ``trainable_params``, ``flops``,
+    ``size_bytes``, ``size_mb`` (10**6 bytes), ``latency_b{B}_ms`` (median per
+    batch) and ``throughput_b{B}`` (images/s) for each batch size, and
+    ``throughput`` = images/s at the largest batch size.
+    """
+    if not batch_sizes:
+        raise ValueError("batch_sizes must not be empty")
+    row: dict[str, Any] = {}
+    if name is not None:
+        row["name"] = name
+    size = checkpoint_size_bytes(model)
+    row.update(
+        params=count_parameters(model),
+        trainable_params=count_parameters(model, trainable_only=True),
+        flops=flops_per_image(model, input_shape),
+        size_bytes=size,
+        size_mb=size / 1e6,
+    )
+    for b in batch_sizes:
+        lat = latency(model, input_shape, batch_size=int(b), repeats=repeats, warmup=warmup, device=device)
+        row[f"latency_b{int(b)}_ms"] = lat["median_s"] * 1e3
+        row[f"throughput_b{int(b)}"] = lat["images_per_s"]
+    row["throughput"] = row[f"throughput_b{int(max(batch_sizes))}"]
+    return row
+
+
+def compare_models(
+    models: Mapping[str, nn.Module],
+    input_shape: Sequence[int],
+    baseline: str | None = None,
+    **kw: Any,
+):
+    """Profile several models into a ``pandas.DataFrame`` indexed by model name.
+
+    Besides the :func:`profile_model` columns it adds, relative to ``baseline``
+    (default: the first model), ``speedup_vs_<baseline>`` (model ``throughput`` /
+    baseline ``throughput``, i.e. images/s at the largest batch size; >1 means
+    faster) and
+    ``param_ratio`` (model params / baseline params). ``kw`` goes to ``profile_model``.
+    """
+    import pandas as pd
+
+    if not models:
+        raise ValueError("models must contain at least one model")
+    names = list(models)
+    if baseline is None:
+        baseline = names[0]
+    if baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is not one of {names}")
+    rows = [profile_model(m, input_shape, name=n, **kw) for n, m in models.items()]
+    df = pd.DataFrame(rows).set_index("name")
+    # Throughput at the largest batch is less dominated by Python call overhead
+    # than batch-1 latency, so it reflects the models' compute cost better.
+    df[f"speedup_vs_{baseline}"] = df["throughput"] / df.loc[baseline, "throughput"]
+    ref_params = df.loc[baseline, "params"]
+    df["param_ratio"] = df["params"] / ref_params if ref_params else float("nan")
+    return df

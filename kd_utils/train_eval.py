@@ -1,0 +1,241 @@
+"""One training loop (``fit``) for every method, and evaluation (``predict``, ``evaluate``)."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import metrics
+from .config import TrainConfig
+from .runtime import autocast, resolve_device, resolve_precision, seed_everything
+from .train_kd import Distiller, Vanilla
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the per-epoch history and the best-on-validation epoch."""
+    history: pd.DataFrame
+    best_epoch: int
+    best_val_acc: float
+    wall_time_s: float
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        last = self.history.iloc[-1]
+        return (f"FitResult(epochs={len(self.history)}, best_epoch={self.best_epoch}, "
+                f"best_val_acc={self.best_val_acc:.4f}, last_train_loss={last['train_loss']:.4f}, "
+                f"wall_time_s={self.wall_time_s:.1f})")
+
+
+# -------------------------------------------------------------- helpers ----
+def uses_channels_last(model: nn.Module) -> bool:
+    """channels_last pays off for conv nets on CPU and GPU; MLPs gain nothing from it."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A per-step schedule (stepped after every optimiser step)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+                                                   anneal_strategy="linear", cycle_momentum=False)
+    if cfg.schedule == "step":
+        bounds = [m * steps_per_epoch for m in cfg.milestones]
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.gamma ** sum(s >= b for b in bounds))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+# ------------------------------------------------------------ evaluation ----
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: str | torch.device = "auto", precision: str = "auto"
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, CPU) and labels for every batch of ``loader``, in order. Eval mode is
+    used and the model's previous mode restored."""
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    out, labels = [], []
+    try:
+        for batch in loader:
+            x, y = batch[0].to(dev, non_blocking=True), batch[1]
+            if uses_channels_last(model) and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(dev, prec):
+                out.append(model(x).float().cpu())
+            labels.append(y.cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        raise ValueError("the loader yielded no batches (empty split?)")
+    return torch.cat(out), torch.cat(labels)
+
+
+@dataclass
+class EvalResult:
+    """Test-set evaluation of one model."""
+    loss: float
+    accuracy: float
+    errors: int
+    n: int
+    logits: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+
+    @property
+    def preds(self) -> torch.Tensor:
+        return self.logits.argmax(1)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(1)
+
+    @property
+    def per_class_accuracy(self) -> torch.Tensor:
+        return metrics.per_class_accuracy(self.logits, self.labels, self.num_classes)
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        return metrics.confusion_matrix(self.logits, self.labels, self.num_classes)
+
+    @property
+    def prediction_distribution(self) -> torch.Tensor:
+        return metrics.prediction_distribution(self.logits, self.num_classes)
+
+    def summary(self, teacher: "EvalResult | None" = None) -> dict[str, Any]:
+        """JSON-friendly numbers: loss, accuracy, errors, ECE, per-class accuracy (and agreement
+        and KL with a teacher's result on the same samples, when given)."""
+        d = {"loss": self.loss, **metrics.summarize(self.logits, self.labels, self.num_classes,
+                                                    None if teacher is None else teacher.logits)}
+        d["per_class_accuracy"] = [None if math.isnan(a) else a for a in self.per_class_accuracy.tolist()]
+        return d
+
+
+def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 1024, device: str | torch.device = "auto",
+             precision: str = "auto") -> EvalResult:
+    """Evaluate on a split of a :class:`~kd_utils.data.DataBundle` (or on any loader of
+    ``(x, y, ...)`` batches): loss, accuracy, error count; confusion matrix and friends on demand."""
+    loader = data.loader(split, batch_size=batch_size, shuffle=False) if hasattr(data, "loader") else data
+    logits, labels = predict(model, loader, device=device, precision=precision)
+    k = getattr(model, "num_classes", None) or getattr(data, "num_classes", None) or logits.shape[1]
+    return EvalResult(loss=F.cross_entropy(logits, labels).item(), accuracy=metrics.accuracy(logits, labels),
+                      errors=metrics.error_count(logits, labels), n=len(labels), logits=logits, labels=labels,
+                      num_classes=int(k))
+
+
+# -------------------------------------------------------------- training ----
+def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = None,
+        train_extras: Sequence[torch.Tensor] = (), checkpoint_path: str | Path | None = None,
+        progress: bool = True, desc: str | None = None, restore_best: bool = True) -> FitResult:
+    """Train ``model`` on ``data`` (a :class:`~kd_utils.data.DataBundle`) following ``cfg``.
+
+    ``method`` is a distiller whose ``student`` is ``model`` (default: plain cross-entropy).
+    Every epoch the model is validated on the ``val`` split; the best epoch's weights are kept
+    (written to ``checkpoint_path`` if given) and restored at the end when ``restore_best``.
+    Returns a :class:`FitResult` whose ``history`` has one row per epoch with every loss term.
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    method = method if method is not None else Vanilla(model, label_smoothing=cfg.label_smoothing)
+    if method.student is not model:
+        raise ValueError("method.student must be the model being trained")
+    if train_extras and cfg.augment is not None:
+        raise ValueError(f"train_extras (e.g. cached teacher logits) cannot be used with augment={cfg.augment!r}: "
+                         "they would not match the augmented images")
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    channels_last = uses_channels_last(model)
+    seed_everything(cfg.seed)  # dropout and any other global randomness
+
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    train_loader = data.loader("train", batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                               device=device, extras=tuple(train_extras), channels_last=channels_last)
+    has_val = len(data.y_val) > 0
+    opt = make_optimizer(method.trainable_parameters(), cfg)
+    sched = make_scheduler(opt, cfg, len(train_loader))
+    constrain = getattr(model, "apply_constraints", None)
+
+    rows, best_acc, best_epoch, best_state = [], -1.0, 0, None
+    start = time.perf_counter()
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc or type(method).__name__, disable=not progress, unit="epoch")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        method.train()
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=device)
+        seen = 0
+        for x, y, *extras in train_loader:
+            with autocast(device, precision):
+                logits, losses = method(x, y, *extras)
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if constrain is not None:
+                constrain()
+            # Accumulate on the device: no host sync inside the loop.
+            n = y.shape[0]
+            for k, v in {"loss": loss, **losses}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() * n
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += n
+        terms = {k: (v / seen).item() for k, v in sums.items()}
+        bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+        if bad:
+            raise TrainingDiverged(f"loss became non-finite in epoch {epoch}: {bad}; the best checkpoint "
+                                   f"(epoch {best_epoch}) was kept. Try a lower lr (now {cfg.lr}).")
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
+               **{f"train_{k}": v for k, v in terms.items()}, "train_acc": (correct / seen).item()}
+        if has_val:
+            val = evaluate(model, data, "val", device=device, precision=precision)
+            row.update(val_loss=val.loss, val_acc=val.accuracy)
+        row["time_s"] = time.perf_counter() - t0
+        rows.append(row)
+        score = row.get("val_acc", row["train_acc"])
+        if score > best_acc:
+            best_acc, best_epoch = score, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if checkpoint_path is not None:
+                from .checkpoint import save_checkpoint
+                save_checkpoint(checkpoint_path, model, config=cfg.to_dict(), seed=cfg.seed,
+                                metrics={"epoch": epoch, "val_acc": row.get("val_acc"), "train_acc": row["train_acc"]},
+                                extra={"method": method.describe()})
+        bar.set_postfix({k: f"{row[k]:.4f}" for k in ("train_loss", "val_acc") if k in row})
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if channels_last:  # hand back an ordinary contiguous model
+        model.to(memory_format=torch.contiguous_format)
+    return FitResult(history=pd.DataFrame(rows), best_epoch=best_epoch, best_val_acc=best_acc,
+                     wall_time_s=time.perf_counter() - start,
+                     config={**cfg.to_dict(), **method.describe(), "precision_used": precision,
+                             "device_used": str(device)})

@@ -1,0 +1,196 @@
+"""Distillers: one small class per method, in the pattern of mdistiller.
+
+A distiller is an ``nn.Module`` holding a student and (optionally) a frozen teacher. Its training
+forward takes a batch ``(x, y, *extras)`` and returns ``(student_logits, {"loss_ce": ..., ...})``;
+the trainer sums the dict and logs every term, so a new method never touches the trainer.
+``extras`` may carry cached teacher logits (see :func:`cache_teacher_logits`).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import KDConfig
+
+
+# ------------------------------------------------------------------ losses ----
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's soft-target loss ``T^2 * KL(softmax(t/T) || softmax(s/T))``, averaged over the batch.
+
+    The ``T^2`` factor keeps the gradient scale roughly independent of ``T`` (Hinton et al. 2015, sec. 2).
+    Computed in float32 even under autocast: softmax at high T is sensitive to rounding.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature ** 2
+
+
+def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Logit matching (Ba & Caruana 2014): mean squared error between raw logits."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    return F.mse_loss(student_logits.float(), teacher_logits.float())
+
+
+# -------------------------------------------------------------- distillers ----
+class Distiller(nn.Module):
+    """Base class: a student, a frozen teacher (or none), and any extra learnable parts."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            s_k, t_k = getattr(student, "num_classes", None), getattr(teacher, "num_classes", None)
+            if s_k is not None and t_k is not None and s_k != t_k:
+                raise ValueError(f"teacher predicts {t_k} classes but student predicts {s_k}; they must match")
+            teacher.eval()
+            teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        """Switch the student (and extras) to train mode; the teacher always stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Student parameters plus the distiller's own (adapters); never the teacher's."""
+        teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
+        return (p for p in self.parameters() if id(p) not in teacher_ids and p.requires_grad)
+
+    def teacher_logits(self, x: torch.Tensor, cached: torch.Tensor | None = None) -> torch.Tensor:
+        """Cached logits when given (un-augmented transfer set), else a fresh no-grad teacher pass."""
+        if cached is not None:
+            return cached
+        if self.teacher is None:
+            raise ValueError(f"{type(self).__name__} needs a teacher or cached teacher logits")
+        with torch.no_grad():
+            return self.teacher(x)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Hyper-parameters, for logs and checkpoints."""
+        return {"method": type(self).__name__}
+
+
+class Vanilla(Distiller):
+    """Plain cross-entropy training (no teacher): the baseline every method is compared with."""
+
+    def __init__(self, student: nn.Module, label_smoothing: float = 0.0):
+        super().__init__(student, None)
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = label_smoothing
+
+    def forward(self, x, y, *extras):
+        logits = self.student(x)
+        return logits, {"loss_ce": F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)}
+
+
+class HintonKD(Distiller):
+    """``alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE``; alpha=1 is soft-only, alpha=0 hard-only."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, temperature: float = 4.0,
+                 alpha: float = 0.9):
+        KDConfig(temperature, alpha)  # validates
+        super().__init__(student, teacher)
+        self.temperature, self.alpha = float(temperature), float(alpha)
+
+    def forward(self, x, y, *extras):
+        logits = self.student(x)
+        losses = {}
+        if self.alpha < 1:
+            losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
+        if self.alpha > 0:
+            t_logits = self.teacher_logits(x, extras[0] if extras else None)
+            losses["loss_kd"] = self.alpha * kd_loss(logits, t_logits, self.temperature)
+        return logits, losses
+
+    def describe(self):
+        return {"method": "HintonKD", "temperature": self.temperature, "alpha": self.alpha}
+
+
+class LogitMatching(Distiller):
+    """``alpha * MSE(s, t) + (1 - alpha) * CE``: regress the teacher's logits directly."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, alpha: float = 0.9):
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        super().__init__(student, teacher)
+        self.alpha = float(alpha)
+
+    def forward(self, x, y, *extras):
+        logits = self.student(x)
+        losses = {}
+        if self.alpha < 1:
+            losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
+        if self.alpha > 0:
+            t_logits = self.teacher_logits(x, extras[0] if extras else None)
+            losses["loss_mse"] = self.alpha * logit_mse_loss(logits, t_logits)
+        return logits, losses
+
+    def describe(self):
+        return {"method": "LogitMatching", "alpha": self.alpha}
+
+
+DISTILLERS: dict[str, type[Distiller]] = {"ce": Vanilla, "kd": HintonKD, "mse": LogitMatching}
+
+
+def build_distiller(method: str, student: nn.Module, teacher: nn.Module | None = None, **kwargs: Any) -> Distiller:
+    """``build_distiller("kd", student, teacher, temperature=4, alpha=0.9)``."""
+    if method not in DISTILLERS:
+        raise ValueError(f"unknown distillation method {method!r}; known: {', '.join(DISTILLERS)}")
+    if method == "ce":
+        return Vanilla(student, **kwargs)
+    return DISTILLERS[method](student, teacher, **kwargs)
+
+
+# ------------------------------------------------------------ teacher cache ----
+@torch.no_grad()
+def cache_teacher_logits(teacher: nn.Module, data, split: str = "train", batch_size: int = 1024,
+                         device: str | torch.device = "auto", precision: str = "auto") -> torch.Tensor:
+    """Teacher logits for every sample of an un-augmented split, in split order (float32, CPU).
+
+    This is the seed pipeline's DistillDataset idea: when the transfer set is not augmented the
+    teacher's outputs cannot change, so they are computed once. Pass the result as
+    ``extras=(logits,)`` to the loader (``fit(..., train_extras=(logits,))``).
+    """
+    from .train_eval import predict  # local import: train_eval imports this module's classes
+    logits, _ = predict(teacher, data.loader(split, batch_size=batch_size, shuffle=False), device=device,
+                        precision=precision)
+    return logits
+
+
+def distill(student: nn.Module, teacher: nn.Module, data, cfg, *, method: str = "kd", cache: bool | None = None,
+            **kwargs: Any):
+    """Distil ``teacher`` into ``student`` in one call; returns :class:`~kd_utils.train_eval.FitResult`.
+
+    ``kwargs`` go to the distiller (``temperature``, ``alpha``) or to ``fit`` (``progress``,
+    ``checkpoint_path``, ``desc``). ``cache=None`` caches teacher logits exactly when the training
+    data are not augmented; asking to cache with augmentation is an error (the logits would be stale).
+    """
+    from .train_eval import fit
+    fit_keys = {"progress", "checkpoint_path", "desc", "restore_best"}
+    fit_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_keys}
+    if cache is None:
+        cache = cfg.augment is None
+    if cache and cfg.augment is not None:
+        raise ValueError(f"cannot cache teacher logits with augment={cfg.augment!r}: augmented batches change "
+                         "every epoch, so cached logits would be stale; use cache=False")
+    distiller = build_distiller(method, student, teacher, **kwargs)
+    extras = ()
+    if cache:
+        extras = (cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision),)
+    return fit(student, data, cfg, method=distiller, train_extras=extras, **fit_kw)

@@ -1,0 +1,281 @@
+"""Tests for kd_utils.plots (headless)."""
+import matplotlib
+
+matplotlib.use("Agg")  # only here, in the tests: the library never picks a backend
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.container import BarContainer, ErrorbarContainer  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from kd_utils import plots as PL  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _history(n=5, extra=True, val_every=1):
+    ep = np.arange(1, n + 1)
+    df = pd.DataFrame({
+        "epoch": ep,
+        "train_loss": 2.0 / ep,
+        "val_loss": 2.2 / ep,
+        "train_acc": 1 - 0.5 / ep,
+        "val_acc": 1 - 0.6 / ep,
+    })
+    if val_every > 1:
+        df.loc[df["epoch"] % val_every != 0, ["val_loss", "val_acc"]] = np.nan
+    if extra:
+        df["train_loss_ce"] = 1.0 / ep
+        df["train_loss_kd"] = 1.0 / ep
+    return df
+
+
+def _assert_png(path):
+    assert path.exists()
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    leftovers = [p.name for p in path.parent.iterdir() if p.name != path.name]
+    assert leftovers == [], f"temp files left behind: {leftovers}"
+
+
+def _bars(ax):
+    return [p for c in ax.containers if isinstance(c, BarContainer) for p in c]
+
+
+# --------------------------------------------------------------------------- save_figure
+
+
+def test_save_figure_png_and_formats(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    out = PL.save_figure(fig, tmp_path / "sub" / "a.png")
+    _assert_png(out)
+    PL.save_figure(fig, tmp_path / "b.pdf")
+    assert (tmp_path / "b.pdf").read_bytes()[:4] == b"%PDF"
+    with pytest.raises(ValueError, match="suffix"):
+        PL.save_figure(fig, tmp_path / "noext")
+    with pytest.raises(ValueError, match="unsupported"):
+        PL.save_figure(fig, tmp_path / "c.notaformat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.pdf", "sub"]
+    assert plt.fignum_exists(fig.number)
+    PL.save_figure(fig, tmp_path / "d.png", close=True)
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_save_failure_leaves_no_file(tmp_path, monkeypatch):
+    fig, _ = plt.subplots()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", boom)
+    with pytest.raises(RuntimeError):
+        PL.save_figure(fig, tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- history
+
+
+def test_plot_history_lines_and_styles(tmp_path):
+    hists = {"teacher": _history(), "student": _history(val_every=2)}
+    path = tmp_path / "hist.png"
+    fig = PL.plot_history(hists, title="run", path=path)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        lines = ax.get_lines()
+        assert len(lines) == 4  # 2 models x (train, val)
+        styles = sorted(line.get_linestyle() for line in lines)
+        assert styles == ["-", "-", "--", "--"]
+        # one colour per model, shared by its train and val lines
+        colours = {line.get_label().split(" ")[0]: line.get_color() for line in lines}
+        assert colours["teacher"] != colours["student"]
+    # NaN epochs dropped, not plotted as gaps
+    student_val = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "student (val)"][0]
+    assert list(student_val.get_xdata()) == [2, 4]
+    _assert_png(path)
+
+
+def test_plot_history_skips_missing_columns():
+    df = _history().drop(columns=["val_loss", "val_acc"])
+    df["train_acc"] = np.nan  # all-NaN: skipped
+    fig = PL.plot_history({"m": df}, metrics=("loss", "accuracy", "train_loss_kd"))
+    assert len(fig.axes) == 3
+    assert [len(ax.get_lines()) for ax in fig.axes] == [1, 0, 1]
+
+
+def test_plot_history_errors():
+    with pytest.raises(ValueError, match="empty"):
+        PL.plot_history({})
+    with pytest.raises(ValueError, match="epoch"):
+        PL.plot_history({"m": _history().drop(columns=["epoch"])})
+    with pytest.raises(ValueError, match="metrics"):
+        PL.plot_history({"m": _history()}, metrics=())
+
+
+def test_plot_loss_terms(tmp_path):
+    fig = PL.plot_loss_terms(_history(), path=tmp_path / "terms.png")
+    assert len(fig.axes) == 1
+    assert sorted(ln.get_label() for ln in fig.axes[0].get_lines()) == ["ce", "kd"]
+    _assert_png(tmp_path / "terms.png")
+    with pytest.raises(ValueError, match="train_loss_"):
+        PL.plot_loss_terms(_history(extra=False))
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def test_plot_accuracy_comparison(tmp_path):
+    accs = {"teacher": 0.9912, "student": 0.9534, "student+KD": 0.97456}
+    fig = PL.plot_accuracy_comparison(accs, title="MNIST", reference={"teacher": 0.992},
+                                      path=tmp_path / "acc.png")
+    ax = fig.axes[0]
+    bars = _bars(ax)
+    assert len(bars) == 3
+    assert [b.get_height() for b in bars] == pytest.approx([99.12, 95.34, 97.456])
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["99.12%", "95.34%", "97.46%"]
+    assert len(ax.collections) == 1  # reference markers
+    _assert_png(tmp_path / "acc.png")
+
+
+def test_plot_accuracy_comparison_errors():
+    with pytest.raises(ValueError, match="empty"):
+        PL.plot_accuracy_comparison({})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        PL.plot_accuracy_comparison({"a": 97.5})
+    with pytest.raises(ValueError, match="reference"):
+        PL.plot_accuracy_comparison({"a": 0.5}, reference={"b": 0.4})
+
+
+def test_plot_confusion_matrix(tmp_path):
+    cm = torch.tensor([[5, 1, 0], [0, 3, 3], [0, 0, 0]])
+    fig = PL.plot_confusion_matrix(cm, class_names=["a", "b", "c"], path=tmp_path / "cm.png")
+    assert len(fig.axes) == 2  # matrix + colour bar
+    ax = fig.axes[0]
+    data = ax.images[0].get_array()
+    assert np.allclose(data[0], [5 / 6, 1 / 6, 0])
+    assert np.allclose(data[2], 0)  # empty row stays 0, no NaN
+    assert len(ax.texts) == 9
+    _assert_png(tmp_path / "cm.png")
+    fig2 = PL.plot_confusion_matrix(cm.numpy(), normalize=False)
+    assert "5" in [t.get_text() for t in fig2.axes[0].texts]
+
+
+def test_plot_confusion_matrix_errors():
+    with pytest.raises(ValueError, match="square"):
+        PL.plot_confusion_matrix(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="class_names"):
+        PL.plot_confusion_matrix(np.eye(3), class_names=["a", "b"])
+
+
+# --------------------------------------------------------------------------- examples
+
+
+@pytest.mark.parametrize("kind", ["uint8_gray", "float_rgb", "normalised"])
+def test_plot_prediction_examples(tmp_path, kind):
+    g = torch.Generator().manual_seed(0)
+    if kind == "uint8_gray":
+        images = torch.randint(0, 256, (20, 1, 8, 8), generator=g, dtype=torch.uint8)
+    elif kind == "float_rgb":
+        images = torch.rand(20, 3, 8, 8, generator=g)
+    else:
+        images = torch.randn(20, 1, 8, 8, generator=g)
+    labels = torch.arange(20) % 10
+    preds = {"teacher": labels.clone(), "student": (labels + (torch.arange(20) % 3 == 0).long()) % 10}
+    fig = PL.plot_prediction_examples(images, labels, preds, class_names=[f"c{i}" for i in range(10)],
+                                      n=12, path=tmp_path / "ex.png")
+    assert len(fig.axes) == 12
+    first = fig.axes[0]  # index 0: student wrong (0 % 3 == 0)
+    texts = {t.get_text(): t.get_color() for t in first.texts}
+    assert texts["true: c0"] == "black"
+    assert texts["teacher: c0"] == "black"
+    assert texts["student: c1"] == "red"
+    second = {t.get_text(): t.get_color() for t in fig.axes[1].texts}
+    assert second["student: c1"] == "black"
+    _assert_png(tmp_path / "ex.png")
+
+
+def test_plot_prediction_examples_indices_and_logits():
+    images = np.random.default_rng(0).random((5, 3, 4, 4))
+    labels = np.array([0, 1, 2, 0, 1])
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0, 1]), 3).float()
+    fig = PL.plot_prediction_examples(images, labels, {"m": logits}, indices=[2, 4])
+    assert len(fig.axes) == 2
+    assert {t.get_text(): t.get_color() for t in fig.axes[0].texts}["m: 1"] == "red"
+
+
+def test_plot_prediction_examples_errors():
+    images = torch.zeros(4, 1, 8, 8)
+    labels = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="labels"):
+        PL.plot_prediction_examples(images, torch.zeros(3, dtype=torch.long), {"m": labels})
+    with pytest.raises(ValueError, match=r"predictions\['m'\]"):
+        PL.plot_prediction_examples(images, labels, {"m": torch.zeros(5)})
+    with pytest.raises(ValueError, match="empty"):
+        PL.plot_prediction_examples(images, labels, {})
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        PL.plot_prediction_examples(torch.zeros(4, 8, 8), labels, {"m": labels})
+    with pytest.raises(ValueError, match="out of range"):
+        PL.plot_prediction_examples(images, labels, {"m": labels}, indices=[7])
+
+
+# --------------------------------------------------------------------------- generic
+
+
+def test_plot_curve(tmp_path):
+    temps = [1, 2, 4, 8, 16]
+    ys = {"KD": [0.97, 0.975, 0.98, 0.978, 0.97], "baseline": [0.96] * 5}
+    fig = PL.plot_curve(temps, ys, "temperature", "accuracy", logx=True,
+                        yerr={"KD": [0.001] * 5}, path=tmp_path / "sweep.png")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in errorbars] == ["KD"]
+    labelled = [ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    assert labelled == ["baseline"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["KD", "baseline"]
+    _assert_png(tmp_path / "sweep.png")
+
+
+def test_plot_curve_errors():
+    with pytest.raises(ValueError, match="empty"):
+        PL.plot_curve([1, 2], {}, "x", "y")
+    with pytest.raises(ValueError, match="shape"):
+        PL.plot_curve([1, 2, 3], {"a": [1, 2]}, "x", "y")
+    with pytest.raises(ValueError, match="yerr"):
+        PL.plot_curve([1, 2], {"a": [1, 2]}, "x", "y", yerr={"b": [0, 0]})
+    with pytest.raises(ValueError, match="logx"):
+        PL.plot_curve([0, 1], {"a": [1, 2]}, "x", "y", logx=True)
+
+
+def test_plot_bar_table(tmp_path):
+    df = pd.DataFrame({
+        "T": [1, 1, 4, 4, 8, 8],
+        "model": ["s", "kd"] * 3,
+        "acc": [0.95, 0.96, 0.95, 0.97, 0.95, 0.975],
+    })
+    fig = PL.plot_bar_table(df, x="T", y="acc", hue="model", path=tmp_path / "bt.png")
+    assert len(_bars(fig.axes[0])) == 6
+    _assert_png(tmp_path / "bt.png")
+    fig = PL.plot_bar_table(df[df.model == "s"], x="T", y="acc")
+    assert len(_bars(fig.axes[0])) == 3
+    with pytest.raises(ValueError, match="duplicate"):
+        PL.plot_bar_table(df, x="T", y="acc")
+    with pytest.raises(ValueError, match="column"):
+        PL.plot_bar_table(df, x="T", y="nope")
+
+
+def test_no_show_called(monkeypatch):
+    monkeypatch.setattr(plt, "show", lambda *a, **k: pytest.fail("plt.show called"))
+    PL.plot_history({"m": _history()})
+    PL.plot_accuracy_comparison({"a": 0.5})
