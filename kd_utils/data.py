@@ -370,7 +370,7 @@ def _cifar_png(blob: bytes) -> torch.Tensor:
     with Image.open(io.BytesIO(blob)) as img:
         if img.mode != "RGB" or img.width != 32 * 32:
             raise ValueError(f"unexpected CIFAR PNG: mode {img.mode}, size {img.size}")
-        rows = np.asarray(img, dtype=np.uint8)
+        rows = np.array(img, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
     return torch.from_numpy(rows.reshape(-1, 32, 32, 3)).permute(0, 3, 1, 2).contiguous()
 
 

@@ -75,12 +75,12 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 def versions() -> dict[str, str]:
     """Library and platform versions, recorded beside every result."""
     import pandas
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-           "pandas": pandas.__version__, "platform": platform.platform(), "processor": _cpu_name(),
+    out = {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(np.__version__),
+           "pandas": str(pandas.__version__), "platform": platform.platform(), "processor": _cpu_name(),
            "threads": str(torch.get_num_threads())}
     try:
         import torchvision
-        out["torchvision"] = torchvision.__version__
+        out["torchvision"] = str(torchvision.__version__)
     except ImportError:
         pass
     if torch.cuda.is_available():

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from kd_utils import build_model, evaluate, fit, seed_everything
+from kd_utils.config import TrainConfig
+from kd_utils.train_eval import TrainingDiverged, make_scheduler
+
+CPU = dict(device="cpu", precision="fp32")
+
+
+def test_a_few_epochs_lower_the_loss_and_learn(toy_mnist):
+    seed_everything(0)
+    model = build_model("mnist_mlp")
+    before = evaluate(model, toy_mnist, "test", device="cpu")
+    res = fit(model, toy_mnist, TrainConfig(epochs=4, batch_size=64, **CPU), progress=False)
+    h = res.history
+    assert isinstance(h, pd.DataFrame) and list(h["epoch"]) == [1, 2, 3, 4]
+    assert {"train_loss", "train_loss_ce", "train_acc", "val_loss", "val_acc", "lr", "time_s"} <= set(h.columns)
+    assert h["train_loss"].iloc[-1] < h["train_loss"].iloc[0]
+    after = evaluate(model, toy_mnist, "test", device="cpu")
+    assert after.loss < before.loss and after.accuracy > 0.9
+    assert res.best_val_acc == h["val_acc"].max() and res.best_epoch == int(h.loc[h["val_acc"].idxmax(), "epoch"])
+
+
+def test_same_seed_same_numbers_on_cpu(toy_cifar):
+    def run():
+        seed_everything(3)
+        m = build_model("vgg8", width=0.125)
+        res = fit(m, toy_cifar, TrainConfig(epochs=2, batch_size=32, augment="crop_flip", optimizer="sgd", lr=0.05,
+                                            schedule="onecycle", seed=3, **CPU), progress=False)
+        return res.history.drop(columns="time_s"), evaluate(m, toy_cifar, device="cpu").logits
+    (h1, l1), (h2, l2) = run(), run()
+    pd.testing.assert_frame_equal(h1, h2)
+    assert torch.equal(l1, l2)
+
+
+def test_restores_best_epoch_weights(toy_mnist, tmp_path):
+    seed_everything(0)
+    model = build_model("mnist_mlp")
+    res = fit(model, toy_mnist, TrainConfig(epochs=3, batch_size=64, **CPU), progress=False,
+              checkpoint_path=tmp_path / "best.pth")
+    val = evaluate(model, toy_mnist, "val", device="cpu")
+    assert val.accuracy == pytest.approx(res.best_val_acc)
+    from kd_utils.checkpoint import load_model
+    again = load_model(tmp_path / "best.pth")
+    assert again.checkpoint["metrics"]["epoch"] == res.best_epoch
+    assert evaluate(again, toy_mnist, "val", device="cpu").accuracy == pytest.approx(res.best_val_acc)
+
+
+def test_evaluate_reports_counts_and_matrices(toy_mnist):
+    seed_everything(0)
+    model = build_model("mnist_mlp")
+    r = evaluate(model, toy_mnist, "test", device="cpu", batch_size=100)
+    assert r.n == 256 and r.errors == int((r.preds != toy_mnist.y_test).sum())
+    assert r.confusion.sum() == 256 and r.prediction_distribution.sum() == 256
+    assert torch.allclose(r.probs.sum(1), torch.ones(256))
+    s = r.summary()
+    assert s["errors"] == r.errors and len(s["per_class_accuracy"]) == 10
+
+
+def test_divergence_is_reported_with_epoch_and_terms(toy_mnist):
+    model = build_model("mnist_mlp")
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="epoch 1: .*loss_ce"):
+        fit(model, toy_mnist, TrainConfig(epochs=2, batch_size=64, **CPU), progress=False)
+
+
+def test_schedules_follow_their_shapes():
+    def lrs(cfg, steps=10):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+        s = make_scheduler(opt, cfg, steps)
+        out = []
+        for _ in range(cfg.epochs * steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            s.step()
+        return out
+    cos = lrs(TrainConfig(epochs=2, lr=0.1, schedule="cosine"))
+    assert cos[0] == pytest.approx(0.1) and cos[-1] < 0.01 and all(a >= b for a, b in zip(cos, cos[1:]))
+    step = lrs(TrainConfig(epochs=3, lr=0.1, schedule="step", milestones=(1, 2)))
+    assert step[0] == pytest.approx(0.1) and step[10] == pytest.approx(0.01) and step[25] == pytest.approx(0.001)
+    one = lrs(TrainConfig(epochs=4, lr=0.1, schedule="onecycle"))
+    assert max(one) == pytest.approx(0.1) and one[0] < 0.01 and one[-1] < 0.001
+
+
+def test_bad_fit_arguments(toy_mnist):
+    model = build_model("mnist_mlp")
+    with pytest.raises(TypeError, match="cfg must be a TrainConfig"):
+        fit(model, toy_mnist, {"epochs": 1})
+    with pytest.raises(ValueError, match="would not match the augmented images"):
+        fit(model, toy_mnist, TrainConfig(augment="jitter", **CPU), train_extras=(torch.zeros(512, 10),))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is available"):
+            fit(model, toy_mnist, TrainConfig(device="cuda"))
