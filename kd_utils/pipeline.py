@@ -1,0 +1,210 @@
+"""The seed projects' MNIST pipeline, step by step (each step callable on its own).
+
+    from kd_utils.pipeline import load_and_split_data, train_teacher
+    train_loader, val_loader, *_ = load_and_split_data()
+    teacher, *_ = train_teacher(train_loader, val_loader)
+
+``run_pipeline()`` chains every step and writes the seed's files (``python -m kd_utils pipeline``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import plots
+from .checkpoint import save_checkpoint
+from .config import KDConfig, TrainConfig, get_profile, output_dirs
+from .data import get_data
+from .fileio import write_json, write_text
+from .models import build_model
+from .profiling import compare_models
+from .runtime import seed_everything, versions
+from .train_eval import EvalResult, FitResult, evaluate, fit
+from .train_kd import HintonKD, cache_teacher_logits
+
+# The seed's config.py, as defaults.
+SEED_CONFIG = {"batch_size": 128, "test_size": 0.1, "random_state": 42, "epochs": 10, "temperature": 5.0,
+               "alpha": 0.5, "lr": 1e-3}
+MODEL_FILES = {"teacher": "teacher_model.pth", "student_regular": "student_regular.pth",
+               "student_distilled": "student_distilled.pth"}
+
+
+def initialize_directories(profile: str | None = None, root: str | Path | None = None) -> dict[str, Path]:
+    """Create ``models/`` and ``results/{metrics,predictions,plots}/`` (profile subfolders off-default)."""
+    return output_dirs(profile, root=root)
+
+
+def load_and_split_data(dataset: str = "mnist", batch_size: int = SEED_CONFIG["batch_size"],
+                        test_size: float = SEED_CONFIG["test_size"], random_state: int = SEED_CONFIG["random_state"],
+                        profile: str | None = None, data_root: str | Path | None = None):
+    """Load a data set and split train/validation. Returns the seed's six-tuple
+    ``(train_loader, val_loader, test_loader, train_subset, val_subset, test_dataset)``:
+    in-memory loaders (each knows its ``bundle``) and ``torch`` Dataset views."""
+    bundle = get_data(dataset, root=data_root, val_fraction=test_size, seed=random_state,
+                      **get_profile(profile).data_kwargs())
+    loaders = [bundle.loader(s, batch_size=batch_size) for s in ("train", "val", "test")]
+    for ld in loaders:
+        ld.bundle = bundle
+    return (*loaders, bundle.dataset("train"), bundle.dataset("val"), bundle.dataset("test"))
+
+
+def _train_config(train_loader, epochs: int | None, lr: float, seed: int, **kw: Any) -> TrainConfig:
+    return TrainConfig(epochs=epochs or SEED_CONFIG["epochs"], batch_size=train_loader.batch_size, optimizer="adam",
+                       lr=lr, seed=seed, **kw)
+
+
+def train_teacher(train_loader, val_loader, epochs: int | None = None, arch: str = "mnist_cnn",
+                  lr: float = SEED_CONFIG["lr"], seed: int = 0, progress: bool = True, **train_kw: Any):
+    """Train the teacher with cross-entropy and Adam. Returns the seed's
+    ``(model, train_loss, val_loss, train_acc, val_acc)``; the full history is ``model.fit_result``."""
+    bundle = train_loader.bundle
+    seed_everything(seed)
+    model = build_model(arch, num_classes=bundle.num_classes)
+    res = fit(model, bundle, _train_config(train_loader, epochs, lr, seed, **train_kw), progress=progress,
+              desc=f"teacher ({arch})")
+    model.fit_result = res
+    h = res.history
+    return model, h["train_loss"].tolist(), h["val_loss"].tolist(), h["train_acc"].tolist(), h["val_acc"].tolist()
+
+
+def prepare_distillation_data(teacher: nn.Module, train_loader, val_loader, train_subset=None, val_subset=None):
+    """Teacher logits computed once for the training and validation sets (the seed's DistillDataset):
+    returns loaders yielding ``(x, y, teacher_logits)``."""
+    bundle = train_loader.bundle
+    out = []
+    for split, ld in (("train", train_loader), ("val", val_loader)):
+        logits = cache_teacher_logits(teacher, bundle, split)
+        dl = bundle.loader(split, batch_size=ld.batch_size, extras=(logits,))
+        dl.bundle = bundle
+        out.append(dl)
+    return tuple(out)
+
+
+def train_students(teacher: nn.Module, train_loader, val_loader, train_distill_loader, val_distill_loader,
+                   epochs: int | None = None, temperature: float = SEED_CONFIG["temperature"],
+                   alpha: float = SEED_CONFIG["alpha"], arch: str = "mnist_mlp", lr: float = SEED_CONFIG["lr"],
+                   seed: int = 0, progress: bool = True):
+    """Train the regular student on hard labels and the distilled student on hard labels plus the
+    teacher's cached soft targets. Returns ``(student_regular, student_distilled, histories)``."""
+    KDConfig(temperature, alpha)  # validate before any training
+    bundle = train_loader.bundle
+    cfg = _train_config(train_loader, epochs, lr, seed)
+    seed_everything(seed)
+    regular = build_model(arch, num_classes=bundle.num_classes)
+    res_reg = fit(regular, bundle, cfg, progress=progress, desc="regular student")
+    seed_everything(seed)  # same initial weights: the only difference is the teacher
+    distilled = build_model(arch, num_classes=bundle.num_classes)
+    res_kd = fit(distilled, bundle, cfg, method=HintonKD(distilled, teacher, temperature, alpha),
+                 train_extras=train_distill_loader.extras, progress=progress, desc="distilled student")
+    regular.fit_result, distilled.fit_result = res_reg, res_kd
+    return regular, distilled, {"student_regular": res_reg.history, "student_distilled": res_kd.history}
+
+
+def evaluate_all_models(teacher: nn.Module, student_reg: nn.Module, student_dist: nn.Module, test_loader,
+                        verbose: bool = True) -> dict[str, EvalResult]:
+    """Test-set evaluation of the three models (prints accuracy and prediction distributions)."""
+    results = {name: evaluate(m, test_loader) for name, m in
+               (("teacher", teacher), ("student_regular", student_reg), ("student_distilled", student_dist))}
+    if verbose:
+        for name, r in results.items():
+            print(f"{name:18s} accuracy {100 * r.accuracy:.2f}%  errors {r.errors}/{r.n}  "
+                  f"predicted per class {r.prediction_distribution.tolist()}")
+    return results
+
+
+def metrics_table(results: dict[str, EvalResult], teacher_key: str = "teacher") -> pd.DataFrame:
+    """One row per model: accuracy, errors, ECE, and agreement/KL with the teacher."""
+    t = results.get(teacher_key)
+    rows = {name: {k: v for k, v in r.summary(None if name == teacher_key else t).items()
+                   if k != "per_class_accuracy"} for name, r in results.items()}
+    return pd.DataFrame(rows).T
+
+
+def save_and_visualize_results(models: dict[str, nn.Module], histories: dict[str, pd.DataFrame],
+                               results: dict[str, EvalResult], bundle, dirs: dict[str, Path],
+                               config: dict | None = None, cost: pd.DataFrame | None = None,
+                               n_examples: int = 12) -> list[Path]:
+    """Write the seed's files: checkpoints, four plots, metrics (JSON + CSV), prediction examples."""
+    written: list[Path] = []
+    teacher_res = results.get("teacher")
+    for name, m in models.items():
+        written.append(save_checkpoint(dirs["models"] / MODEL_FILES.get(name, f"{name}.pth"), m, config=config,
+                                       metrics=results[name].summary(None if name == "teacher" else teacher_res),
+                                       seed=(config or {}).get("seed")))
+    p = dirs["plots"]
+    figs = {
+        "teacher_training.png": plots.plot_history({"teacher": histories["teacher"]}, title="Teacher training"),
+        "training_curves.png": plots.plot_history(histories, title="Training curves"),
+        "accuracy_comparison.png": plots.plot_accuracy_comparison({k: r.accuracy for k, r in results.items()},
+                                                                  title="Test accuracy"),
+    }
+    idx = torch.arange(n_examples)
+    x, y = bundle.x_test[idx], bundle.y_test[idx]
+    figs["prediction_examples.png"] = plots.plot_prediction_examples(
+        x, y, {k: r.preds[idx] for k, r in results.items()}, class_names=bundle.classes, n=n_examples)
+    for fname, fig in figs.items():
+        written.append(plots.save_figure(fig, p / fname, close=True))
+    table = metrics_table(results)
+    summary = {"models": {k: r.summary(None if k == "teacher" else teacher_res) for k, r in results.items()},
+               "config": config or {}, "versions": versions()}
+    if cost is not None:
+        summary["cost"] = cost.reset_index().to_dict(orient="records")
+        written.append(write_text(dirs["metrics"] / "model_cost.csv", cost.to_csv()))
+    written.append(write_json(dirs["metrics"] / "evaluation.json", summary))
+    written.append(write_text(dirs["metrics"] / "evaluation.csv", table.to_csv()))
+    for name, h in histories.items():
+        written.append(write_text(dirs["metrics"] / f"history_{name}.csv", h.to_csv(index=False)))
+    preds = pd.DataFrame({"index": torch.arange(len(bundle.y_test)).tolist(), "label": bundle.y_test.tolist(),
+                          **{f"pred_{k}": r.preds.tolist() for k, r in results.items()},
+                          **{f"conf_{k}": r.probs.max(1).values.tolist() for k, r in results.items()}})
+    written.append(write_text(dirs["predictions"] / "test_predictions.csv", preds.to_csv(index=False)))
+    written.append(write_text(dirs["predictions"] / "prediction_examples.csv", preds.head(n_examples).to_csv(index=False)))
+    return written
+
+
+@dataclass
+class PipelineResult:
+    models: dict[str, nn.Module]
+    histories: dict[str, pd.DataFrame]
+    results: dict[str, EvalResult]
+    cost: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def run_pipeline(dataset: str = "mnist", epochs: int | None = None, batch_size: int = SEED_CONFIG["batch_size"],
+                 test_size: float = SEED_CONFIG["test_size"], random_state: int = SEED_CONFIG["random_state"],
+                 temperature: float = SEED_CONFIG["temperature"], alpha: float = SEED_CONFIG["alpha"],
+                 lr: float = SEED_CONFIG["lr"], teacher_arch: str = "mnist_cnn", student_arch: str = "mnist_mlp",
+                 seed: int = 0, profile: str | None = None, out: str | Path | None = None,
+                 data_root: str | Path | None = None, progress: bool = True) -> PipelineResult:
+    """The seven steps of the seed pipeline, end to end."""
+    KDConfig(temperature, alpha)
+    prof = get_profile(profile)
+    epochs = epochs or prof.train("mnist_seed").epochs
+    start = time.perf_counter()
+    dirs = initialize_directories(prof.name, root=out)
+    train_loader, val_loader, test_loader, train_set, val_set, _ = load_and_split_data(
+        dataset, batch_size, test_size, random_state, prof.name, data_root)
+    bundle = train_loader.bundle
+    teacher, *_ = train_teacher(train_loader, val_loader, epochs=epochs, arch=teacher_arch, lr=lr, seed=seed,
+                                progress=progress)
+    tdl, vdl = prepare_distillation_data(teacher, train_loader, val_loader, train_set, val_set)
+    reg, dist, hist = train_students(teacher, train_loader, val_loader, tdl, vdl, epochs=epochs,
+                                     temperature=temperature, alpha=alpha, arch=student_arch, lr=lr, seed=seed,
+                                     progress=progress)
+    models = {"teacher": teacher, "student_regular": reg, "student_distilled": dist}
+    histories = {"teacher": teacher.fit_result.history, **hist}
+    results = evaluate_all_models(teacher, reg, dist, test_loader, verbose=progress)
+    cost = compare_models(models, bundle.shape, baseline="teacher")
+    config = {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "test_size": test_size,
+              "random_state": random_state, "temperature": temperature, "alpha": alpha, "lr": lr,
+              "teacher_arch": teacher_arch, "student_arch": student_arch, "seed": seed, "profile": prof.name}
+    files = save_and_visualize_results(models, histories, results, bundle, dirs, config=config, cost=cost)
+    return PipelineResult(models, histories, results, cost, files, time.perf_counter() - start)
