@@ -81,7 +81,7 @@ def _cmd_pipeline(a: argparse.Namespace) -> int:
 
 def _seed_out(a: argparse.Namespace) -> Path:
     from .config import output_dirs
-    return Path(a.out) if a.out else output_dirs(a.profile)["models"]
+    return output_dirs(a.profile, root=a.out)["models"]
 
 
 def _cmd_train_teacher(a: argparse.Namespace) -> int:
@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--profile", choices=["smoke", "cpu", "gpu"], default=None, help="default: $KD_PROFILE or cpu")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         sp.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
-        sp.add_argument("--out", default=None, help="output folder (default: models/ or models/<profile>/)")
+        sp.add_argument("--out", default=None,
+                        help="output root holding models/ and results/ (default: the current folder); profiles "
+                             "other than cpu write to models/<profile>/ and results/<profile>/")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     pl = sub.add_parser("pipeline", help="MNIST seed pipeline: teacher, regular and distilled student", formatter_class=D)

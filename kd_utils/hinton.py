@@ -46,16 +46,18 @@ def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None =
 
 
 def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = 20.0,
-                 alpha: float = 0.9, progress: bool = True) -> pd.DataFrame:
-    """Scratch and distilled students for every seed: one row per (kind, seed)."""
+                 alpha: float = 0.9, progress: bool = True) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
+    """Scratch and distilled students for every seed: one row per (kind, seed), and each run's
+    training history keyed by ``(kind, seed)``."""
     logits = cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)
-    rows = []
+    rows, histories = [], {}
     jobs = [(kind, s) for s in seeds for kind in ("student_scratch", "student_kd")]
     for kind, s in tqdm(jobs, desc="students", disable=not progress):
         t = teacher if kind == "student_kd" else None
-        _, row = train_student(data, cfg, s, t, logits, temperature, alpha)
+        model, row = train_student(data, cfg, s, t, logits, temperature, alpha)
         rows.append({"model": kind, **row})
-    return pd.DataFrame(rows)
+        histories[(kind, s)] = model.fit_result.history
+    return pd.DataFrame(rows), histories
 
 
 def temperature_sweep(data, cfg: TrainConfig, teacher: nn.Module, temperatures: Iterable[float], seed: int = 0,
@@ -87,3 +89,17 @@ def table_json(table: pd.DataFrame, profile: Profile | str, temperature: float, 
     out.update(profile=profile.name if isinstance(profile, Profile) else profile, temperature=temperature,
                epochs=epochs, wall_time_s=round(wall_time_s, 1), **extra)
     return out
+
+
+# Targets for the ``cpu`` profile run (issue 3): teacher <= 80 errors, distilled student <= 95 errors
+# and at least 40 fewer than the student trained from scratch.
+TARGETS = {"teacher_max_errors": 80, "kd_max_errors": 95, "kd_min_gain": 40}
+
+
+def check_targets(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per target: what we required, what we measured, and whether it was met."""
+    t, s, k = (float(table.loc[m, "errors"]) for m in ("teacher", "student_scratch", "student_kd"))
+    rows = [("teacher errors", f"<= {TARGETS['teacher_max_errors']}", t, t <= TARGETS["teacher_max_errors"]),
+            ("distilled student errors (mean)", f"<= {TARGETS['kd_max_errors']}", k, k <= TARGETS["kd_max_errors"]),
+            ("scratch - distilled errors", f">= {TARGETS['kd_min_gain']}", s - k, s - k >= TARGETS["kd_min_gain"])]
+    return pd.DataFrame(rows, columns=["target", "required", "measured", "met"]).set_index("target")

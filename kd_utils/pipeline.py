@@ -168,6 +168,24 @@ def save_and_visualize_results(models: dict[str, nn.Module], histories: dict[str
     return written
 
 
+def cost_table(models: dict[str, nn.Module], data, baseline: str = "teacher", repeats: int = 20) -> pd.DataFrame:
+    """Parameters, FLOPs per image, checkpoint size, latency at batch 1 and 256, and the time of a
+    full test-set pass (median of 3), with the speed-up of each model over ``baseline``."""
+    cost = compare_models(models, data.shape, baseline=baseline, repeats=repeats)
+    loader = data.loader("test", batch_size=1000)
+    full = {}
+    for name, m in models.items():
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            evaluate(m, loader, device="cpu")
+            times.append(time.perf_counter() - t0)
+        full[name] = sorted(times)[1]
+    cost["test_pass_s"] = pd.Series(full)
+    cost[f"test_pass_speedup_vs_{baseline}"] = cost.loc[baseline, "test_pass_s"] / cost["test_pass_s"]
+    return cost
+
+
 @dataclass
 class PipelineResult:
     models: dict[str, nn.Module]
@@ -202,7 +220,7 @@ def run_pipeline(dataset: str = "mnist", epochs: int | None = None, batch_size: 
     models = {"teacher": teacher, "student_regular": reg, "student_distilled": dist}
     histories = {"teacher": teacher.fit_result.history, **hist}
     results = evaluate_all_models(teacher, reg, dist, test_loader, verbose=progress)
-    cost = compare_models(models, bundle.shape, baseline="teacher")
+    cost = cost_table(models, bundle)
     config = {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "test_size": test_size,
               "random_state": random_state, "temperature": temperature, "alpha": alpha, "lr": lr,
               "teacher_arch": teacher_arch, "student_arch": student_arch, "seed": seed, "profile": prof.name}

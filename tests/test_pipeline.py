@@ -1,0 +1,120 @@
+"""The MNIST seed pipeline, the Hinton helpers and the CIFAR seed commands, at smoke scale."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kd_utils import build_model, evaluate, get_data
+from kd_utils import hinton
+from kd_utils.checkpoint import load_model
+from kd_utils.config import TrainConfig
+from kd_utils.pipeline import load_and_split_data, run_pipeline, train_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_MODELS = {"teacher_model.pth", "student_regular.pth", "student_distilled.pth"}
+SEED_PLOTS = {"teacher_training.png", "training_curves.png", "accuracy_comparison.png", "prediction_examples.png"}
+
+
+def test_seed_programmatic_use_in_two_lines(monkeypatch):
+    monkeypatch.setenv("KD_PROFILE", "smoke")
+    train_loader, val_loader, *_ = load_and_split_data()
+    teacher, train_loss, val_loss, train_acc, val_acc = train_teacher(train_loader, val_loader, epochs=1, progress=False)
+    assert len(train_loss) == len(val_acc) == 1 and 0 < val_acc[0] <= 1
+    # the seed split: 10% validation, seed 42
+    b = train_loader.bundle
+    assert len(b.y_val) == round(0.1 * 2000) and len(b.y_train) == 2000 - len(b.y_val)
+
+
+def test_pipeline_writes_exactly_the_seed_files(tmp_path):
+    res = run_pipeline(profile="smoke", epochs=1, out=tmp_path, progress=False)
+    models = tmp_path / "models" / "smoke"
+    results = tmp_path / "results" / "smoke"
+    assert {p.name for p in models.iterdir()} == SEED_MODELS
+    assert SEED_PLOTS == {p.name for p in (results / "plots").iterdir()}
+    metrics = json.loads((results / "metrics" / "evaluation.json").read_text())
+    assert set(metrics["models"]) == {"teacher", "student_regular", "student_distilled"}
+    assert metrics["config"]["temperature"] == 5.0 and metrics["config"]["alpha"] == 0.5
+    csv = pd.read_csv(results / "metrics" / "evaluation.csv", index_col=0)
+    assert csv.loc["teacher", "errors"] == res.results["teacher"].errors
+    preds = pd.read_csv(results / "predictions" / "test_predictions.csv")
+    assert len(preds) == 500 and (preds["pred_teacher"] == res.results["teacher"].preds.numpy()).all()
+    # a saved model loads back and gives the same test accuracy
+    back = load_model(models / "student_distilled.pth", expected="mnist_mlp")
+    data = get_data("mnist", train_subset=2000, test_subset=500)
+    assert evaluate(back, data).accuracy == pytest.approx(res.results["student_distilled"].accuracy)
+    assert res.cost.loc["student_regular", "flops"] < res.cost.loc["teacher", "flops"]
+
+
+def test_hinton_table_and_targets():
+    runs = pd.DataFrame({"model": ["student_scratch", "student_kd"] * 3, "errors": [150, 90, 140, 80, 160, 100]})
+    table = hinton.hinton_table(70, runs)
+    assert table.loc["student_kd", "errors"] == 90 and table.loc["student_scratch", "errors"] == 150
+    assert table.loc["student_kd", "errors_std"] == pytest.approx(10.0)  # sample std of 90, 80, 100
+    assert table.loc["teacher", "paper_errors"] == 67
+    t = hinton.check_targets(table)
+    assert t["met"].all()
+    worse = hinton.hinton_table(90, runs)
+    assert not hinton.check_targets(worse).loc["teacher errors", "met"]
+    js = hinton.table_json(table, "cpu", 20.0, {"teacher": 60, "student": 30}, 12.3)
+    assert set(js) >= {"teacher", "student_scratch", "student_kd", "profile", "temperature", "epochs", "wall_time_s"}
+    assert js["student_kd"]["errors_per_seed"] == [90, 80, 100]
+
+
+def test_student_runs_use_one_teacher_and_report_every_seed():
+    data = get_data("mnist", train_subset=1000, test_subset=200)
+    torch.manual_seed(0)
+    teacher = build_model("hinton_teacher")
+    cfg = TrainConfig(epochs=1, batch_size=128, device="cpu", precision="fp32")
+    runs, hist = hinton.student_runs(data, cfg, [0, 1], teacher, progress=False)
+    assert sorted(zip(runs["model"], runs["seed"])) == [("student_kd", 0), ("student_kd", 1),
+                                                        ("student_scratch", 0), ("student_scratch", 1)]
+    assert set(hist) == {("student_kd", 0), ("student_kd", 1), ("student_scratch", 0), ("student_scratch", 1)}
+    assert runs["errors"].between(0, 200).all()
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "kd_utils", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["pipeline", "--temperature", "0"], "--temperature: expected a finite number > 0, got 0"),
+    (["pipeline", "--alpha", "1.5"], "--alpha: expected a number in [0, 1], got 1.5"),
+    (["pipeline", "--epochs", "zero"], "--epochs: expected a positive integer, got 'zero'"),
+    (["pipeline", "--batch-size", "-1"], "--batch-size: expected a positive integer, got -1"),
+    (["pipeline", "--test-size", "1"], "--test-size: expected a fraction in (0, 1), got 1.0"),
+    (["distill", "--profile", "laptop"], "invalid choice: 'laptop'"),
+])
+def test_cli_rejects_bad_flags(args, needle):
+    r = _cli(*args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+
+
+def test_cli_help_lists_the_seed_flags():
+    out = _cli("distill", "--help").stdout
+    for flag in ("--batch-size", "--epochs", "--num-workers", "--temperature", "--alpha", "--train-teacher",
+                 "--profile", "--device", "--seed", "--out"):
+        assert flag in out
+
+
+def test_cli_distill_without_teacher_and_cuda_without_gpu(tmp_path):
+    r = _cli("distill", "--profile", "smoke", "--out", str(tmp_path))
+    assert r.returncode == 2 and "no teacher checkpoint" in r.stderr and "best_teacher.pth" in r.stderr
+    assert "Traceback" not in r.stderr
+    if not torch.cuda.is_available():
+        r = _cli("pipeline", "--device", "cuda", "--out", str(tmp_path))
+        assert r.returncode == 2 and "no CUDA GPU is available" in r.stderr
+
+
+def test_cli_cifar_seed_end_to_end(tmp_path):
+    r = _cli("distill", "--train-teacher", "--profile", "smoke", "--epochs", "1", "--out", str(tmp_path), "--quiet")
+    assert r.returncode == 0, r.stderr
+    models = tmp_path / "models" / "smoke"
+    assert {p.name for p in models.iterdir()} == {"best_teacher.pth", "best_student_kd.pth", "best_student_base.pth"}
+    assert "Student Network (with KD)" in r.stdout and "Knowledge Distillation Improvement" in r.stdout
+    assert load_model(models / "best_teacher.pth").arch["name"] == "cifar_resnet"
