@@ -50,7 +50,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, config: dict | None =
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", format: str = FORMAT) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``: a pickle that would run code is refused)."""
     path = Path(path)
     if not path.is_file():
@@ -66,8 +66,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted and cannot be read: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "state_dict" not in payload:
-        raise CheckpointError(f"{path} is not a kd_utils checkpoint (expected a dict with format {FORMAT!r}); "
+    if not isinstance(payload, dict) or payload.get("format") != format:
+        raise CheckpointError(f"{path} is not a kd_utils checkpoint (expected a dict with format {format!r}); "
                               "a bare state_dict can be loaded with model.load_state_dict(torch.load(path, "
                               "weights_only=True))")
     return payload

@@ -63,3 +63,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
+    """Fail early, with a clear message, when ``folder`` cannot take our files: not creatable,
+    read-only, or with less than ``need_bytes`` (plus a 16 MB margin) free."""
+    import shutil
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(f"output folder {folder} is not writable ({e.strerror or e}); choose another with --out "
+                      "or fix its permissions") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes + 16 * 2**20:
+        raise OSError(f"output folder {folder} has {free / 2**20:.0f} MB free but about "
+                      f"{(need_bytes + 16 * 2**20) / 2**20:.0f} MB are needed; free some space or choose another --out")
+    return folder

@@ -1,7 +1,7 @@
 """One training loop (``fit``) for every method, and evaluation (``predict``, ``evaluate``)."""
 from __future__ import annotations
 
-import copy
+import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -150,15 +150,49 @@ def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 1024
 
 
 # -------------------------------------------------------------- training ----
+def _trainable_state(method: Distiller) -> dict[str, torch.Tensor]:
+    """The distiller's weights without the frozen teacher (student + adapters)."""
+    return {k: v.detach().clone() for k, v in method.state_dict().items() if not k.startswith("teacher.")}
+
+
+def _save_state(path: Path, method: Distiller, opt, sched, epoch: int, rows: list, best: dict, cfg: TrainConfig) -> None:
+    """Everything a run needs to continue after ``epoch``: weights, optimiser, schedule, RNG, history."""
+    from .fileio import atomic_path
+    state = {"format": "kd_utils/train-state/1", "epoch": epoch, "method": _trainable_state(method),
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             "history": [{k: float(v) for k, v in r.items()} for r in rows], "best": best,
+             "config": cfg.to_dict()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _load_state(path: Path, cfg: TrainConfig) -> dict:
+    from .checkpoint import CheckpointError, load_checkpoint
+    state = load_checkpoint(path, format="kd_utils/train-state/1")
+    if state["config"] != cfg.to_dict():
+        diff = {k: (state["config"].get(k), v) for k, v in cfg.to_dict().items() if state["config"].get(k) != v}
+        raise CheckpointError(f"cannot resume from {path}: it was written with a different config "
+                              f"(saved, now): {diff}")
+    return state
+
+
 def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = None,
         train_extras: Sequence[torch.Tensor] = (), checkpoint_path: str | Path | None = None,
-        progress: bool = True, desc: str | None = None, restore_best: bool = True) -> FitResult:
+        state_path: str | Path | None = None, resume: bool = False, progress: bool = True,
+        desc: str | None = None, restore_best: bool = True) -> FitResult:
     """Train ``model`` on ``data`` (a :class:`~kd_utils.data.DataBundle`) following ``cfg``.
 
     ``method`` is a distiller whose ``student`` is ``model`` (default: plain cross-entropy).
     Every epoch the model is validated on the ``val`` split; the best epoch's weights are kept
     (written to ``checkpoint_path`` if given) and restored at the end when ``restore_best``.
-    Returns a :class:`FitResult` whose ``history`` has one row per epoch with every loss term.
+
+    ``state_path``: after every epoch the full training state (weights, optimiser, schedule, RNG
+    states, history) is written there atomically; with ``resume=True`` a run that was interrupted
+    (Ctrl-C, SIGTERM, SIGKILL) continues from its last completed epoch and ends with the same
+    numbers as an uninterrupted run. Returns a :class:`FitResult` with one history row per epoch.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -168,9 +202,16 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     if train_extras and cfg.augment is not None:
         raise ValueError(f"train_extras (e.g. cached teacher logits) cannot be used with augment={cfg.augment!r}: "
                          "they would not match the augmented images")
+    if resume and state_path is None:
+        raise ValueError("resume=True needs state_path (where the per-epoch training state is kept)")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     channels_last = uses_channels_last(model)
+    from .fileio import check_writable
+    for p in (checkpoint_path, state_path):  # fail now, not after hours of training
+        if p is not None:
+            check_writable(Path(p).parent, need_bytes=3 * sum(t.numel() * t.element_size()
+                                                               for t in model.state_dict().values()))
     seed_everything(cfg.seed)  # dropout and any other global randomness
 
     method.to(device)
@@ -183,9 +224,26 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     sched = make_scheduler(opt, cfg, len(train_loader))
     constrain = getattr(model, "apply_constraints", None)
 
-    rows, best_acc, best_epoch, best_state = [], -1.0, 0, None
+    rows: list[dict] = []
+    best = {"acc": -1.0, "epoch": 0, "state": None}
+    first_epoch = 1
+    if resume and Path(state_path).exists():
+        st = _load_state(Path(state_path), cfg)
+        method.load_state_dict(st["method"], strict=False)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["rng_cpu"])
+        if st["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng_cuda"])
+        rows, best = [dict(r, epoch=int(r["epoch"])) for r in st["history"]], st["best"]
+        first_epoch = st["epoch"] + 1
+        train_loader.set_epoch(st["epoch"])  # the shuffling/augmentation stream continues where it stopped
+        if progress:
+            print(f"resuming {desc or type(method).__name__} after epoch {st['epoch']} from {state_path}")
+
     start = time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=desc or type(method).__name__, disable=not progress, unit="epoch")
+    bar = tqdm(range(first_epoch, cfg.epochs + 1), desc=desc or type(method).__name__, disable=not progress,
+               unit="epoch", initial=first_epoch - 1, total=cfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         method.train()
@@ -210,9 +268,11 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
             seen += n
         terms = {k: (v / seen).item() for k, v in sums.items()}
         bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
-        if bad:
-            raise TrainingDiverged(f"loss became non-finite in epoch {epoch}: {bad}; the best checkpoint "
-                                   f"(epoch {best_epoch}) was kept. Try a lower lr (now {cfg.lr}).")
+        if bad:  # nothing of this epoch is saved: the last good state and the best checkpoint stay as they were
+            raise TrainingDiverged(f"loss became non-finite in epoch {epoch} (steps {(epoch - 1) * len(train_loader) + 1}"
+                                   f"-{epoch * len(train_loader)}): {bad}; the best checkpoint (epoch "
+                                   f"{best['epoch']}) and the last good training state were kept. "
+                                   f"Try a lower lr (now {cfg.lr}).")
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
                **{f"train_{k}": v for k, v in terms.items()}, "train_acc": (correct / seen).item()}
         if has_val:
@@ -221,21 +281,23 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
         score = row.get("val_acc", row["train_acc"])
-        if score > best_acc:
-            best_acc, best_epoch = score, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if score > best["acc"]:
+            best = {"acc": score, "epoch": epoch,
+                    "state": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}}
             if checkpoint_path is not None:
                 from .checkpoint import save_checkpoint
                 save_checkpoint(checkpoint_path, model, config=cfg.to_dict(), seed=cfg.seed,
                                 metrics={"epoch": epoch, "val_acc": row.get("val_acc"), "train_acc": row["train_acc"]},
                                 extra={"method": method.describe()})
+        if state_path is not None:
+            _save_state(Path(state_path), method, opt, sched, epoch, rows, best, cfg)
         bar.set_postfix({k: f"{row[k]:.4f}" for k in ("train_loss", "val_acc") if k in row})
-    if restore_best and best_state is not None:
-        model.load_state_dict(best_state)
+    if restore_best and best["state"] is not None:
+        model.load_state_dict(best["state"])
     model.eval()
     if channels_last:  # hand back an ordinary contiguous model
         model.to(memory_format=torch.contiguous_format)
-    return FitResult(history=pd.DataFrame(rows), best_epoch=best_epoch, best_val_acc=best_acc,
+    return FitResult(history=pd.DataFrame(rows), best_epoch=best["epoch"], best_val_acc=best["acc"],
                      wall_time_s=time.perf_counter() - start,
                      config={**cfg.to_dict(), **method.describe(), "precision_used": precision,
                              "device_used": str(device)})

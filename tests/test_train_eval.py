@@ -65,7 +65,7 @@ def test_divergence_is_reported_with_epoch_and_terms(toy_mnist):
     model = build_model("mnist_mlp")
     with torch.no_grad():
         model.classifier.weight.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match="epoch 1: .*loss_ce"):
+    with pytest.raises(TrainingDiverged, match=r"epoch 1 \(steps 1-8\): .*loss_ce"):
         fit(model, toy_mnist, TrainConfig(epochs=2, batch_size=64, **CPU), progress=False)
 
 
