@@ -10,6 +10,7 @@ Files are written atomically: an interrupted save leaves the previous checkpoint
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io
 import pickle
 import zipfile
@@ -38,7 +39,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, config: dict | None =
         raise CheckpointError(f"model {type(model).__name__} has no .arch: build it with kd_utils.models.build_model "
                               "so the checkpoint can rebuild it")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "arch": _plain(arch), "state_dict": state, "config": _plain(config or {}),
+    payload = {"format": FORMAT, "arch": _plain(arch), "state_dict": state, "sha256": state_digest(state),
+               "config": _plain(config or {}),
                "metrics": _plain(metrics or {}), "seed": seed, "versions": versions(),
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "extra": _plain(extra or {})}
@@ -70,7 +72,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(f"{path} is not a kd_utils checkpoint (expected a dict with format {format!r}); "
                               "a bare state_dict can be loaded with model.load_state_dict(torch.load(path, "
                               "weights_only=True))")
+    if "sha256" in payload and state_digest(payload["state_dict"]) != payload["sha256"]:
+        raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match the checksum stored "
+                              "when it was saved")
     return payload
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and raw bytes of every tensor: detects bit rot inside the
+    weights, which the archive format itself does not."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_model(path: str | Path, expected: str | None = None, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -33,14 +33,15 @@ def _config(profile: str | None, epochs: int | None, batch_size: int | None, see
 
 def train_teacher(out: str | Path, dataset: str = "cifar10", epochs: int | None = None, batch_size: int | None = None,
                   profile: str | None = None, seed: int = 0, device: str = "auto", arch: str = "cifar_resnet",
-                  progress: bool = True) -> dict:
+                  progress: bool = True, resume: bool = False) -> dict:
     """Train the ResNet-style teacher; returns its test metrics."""
     prof, over = _config(profile, epochs, batch_size, seed, device)
     data = get_data(dataset, **prof.data_kwargs())
     seed_everything(seed)
     teacher = build_model(arch, num_classes=data.num_classes)
     res = fit(teacher, data, prof.train("cifar_teacher", **over), checkpoint_path=Path(out) / TEACHER_FILE,
-              progress=progress, desc=f"teacher ({arch})")
+              progress=progress, desc=f"teacher ({arch})", state_path=Path(out) / "training_state" / TEACHER_FILE,
+              resume=resume)
     ev = evaluate(teacher, data, device=device)
     return {"model": "teacher", "test_acc": ev.accuracy, "best_val_acc": res.best_val_acc, "epochs": len(res.history)}
 
@@ -48,7 +49,7 @@ def train_teacher(out: str | Path, dataset: str = "cifar10", epochs: int | None 
 def distill_students(out: str | Path, dataset: str = "cifar10", epochs: int | None = None,
                      batch_size: int | None = None, temperature: float = 4.0, alpha: float = 0.1,
                      profile: str | None = None, seed: int = 0, device: str = "auto", arch: str = "cifar_cnn",
-                     progress: bool = True) -> pd.DataFrame:
+                     progress: bool = True, resume: bool = False) -> pd.DataFrame:
     """Load ``best_teacher.pth`` from ``out``, train the KD and baseline students, return the table."""
     KDConfig(temperature, alpha)
     out = Path(out)
@@ -68,7 +69,8 @@ def distill_students(out: str | Path, dataset: str = "cifar10", epochs: int | No
         student = build_model(arch, num_classes=data.num_classes)
         method = HintonKD(student, teacher, temperature, alpha) if name == "student_kd" else None
         # online teacher: the training images are augmented, so logits cannot be cached
-        res = fit(student, data, cfg, method=method, checkpoint_path=out / fname, progress=progress, desc=name)
+        res = fit(student, data, cfg, method=method, checkpoint_path=out / fname, progress=progress, desc=name,
+                  state_path=out / "training_state" / fname, resume=resume)
         rows.append({"model": name, "test_acc": evaluate(student, data, device=device).accuracy,
                      "best_val_acc": res.best_val_acc})
     table = pd.DataFrame(rows).set_index("model")

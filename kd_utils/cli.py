@@ -72,7 +72,8 @@ def _cmd_pipeline(a: argparse.Namespace) -> int:
     resolve_device(a.device)
     res = run_pipeline(dataset=a.dataset, epochs=a.epochs, batch_size=a.batch_size, test_size=a.test_size,
                        random_state=a.random_state, temperature=a.temperature, alpha=a.alpha, lr=a.lr, seed=a.seed,
-                       profile=a.profile, out=a.out, progress=not a.quiet)
+                       profile=a.profile, out=a.out, progress=not a.quiet,
+                       resume=a.resume)
     print(f"\nfinished in {res.wall_time_s:.0f} s; wrote {len(res.files)} files:")
     for p in res.files:
         print(f"  {p}")
@@ -89,7 +90,8 @@ def _cmd_train_teacher(a: argparse.Namespace) -> int:
     from .runtime import resolve_device
     resolve_device(a.device)
     out = _seed_out(a)
-    r = train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, progress=not a.quiet)
+    r = train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, progress=not a.quiet,
+                      resume=a.resume)
     print(f"Teacher Accuracy: {100 * r['test_acc']:.2f}%  (best val {100 * r['best_val_acc']:.2f}%, "
           f"saved {out / 'best_teacher.pth'})")
     return 0
@@ -101,9 +103,10 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     resolve_device(a.device)
     out = _seed_out(a)
     if a.train_teacher:
-        train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, progress=not a.quiet)
+        train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, progress=not a.quiet,
+                      resume=a.resume)
     table = distill_students(out, a.dataset, a.epochs, a.batch_size, a.temperature, a.alpha, a.profile, a.seed,
-                             a.device, progress=not a.quiet)
+                             a.device, progress=not a.quiet, resume=a.resume)
     names = {"teacher": "Teacher Network", "student_kd": "Student Network (with KD)",
              "student_base": "Student Network (Baseline)"}
     print("\n| Model | Accuracy |\n|:---|:---|")
@@ -173,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output root holding models/ and results/ (default: the current folder); profiles "
                              "other than cpu write to models/<profile>/ and results/<profile>/")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        sp.add_argument("--resume", action="store_true",
+                        help="continue interrupted training runs from their last completed epoch "
+                             "(state kept in models/training_state/)")
 
     pl = sub.add_parser("pipeline", help="MNIST seed pipeline: teacher, regular and distilled student", formatter_class=D)
     pl.add_argument("--dataset", default="mnist", choices=["mnist", "fashion_mnist"])

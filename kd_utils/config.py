@@ -13,6 +13,7 @@ named recipe with overrides; unknown recipe names and unknown fields are rejecte
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,8 +56,9 @@ class TrainConfig:
                f"batch_size must be an int >= 1, got {self.batch_size!r}")
         _check(self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
         _check(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+               f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check(self.augment in AUGMENTS, f"unknown augment {self.augment!r}; allowed: {AUGMENTS}")
@@ -84,7 +86,8 @@ class KDConfig:
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(math.isfinite(self.temperature) and self.temperature > 0,
+               f"temperature must be a finite number > 0, got {self.temperature}")
         _check(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
 
     def to_dict(self) -> dict[str, Any]:

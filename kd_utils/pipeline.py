@@ -59,15 +59,20 @@ def _train_config(train_loader, epochs: int | None, lr: float, seed: int, **kw: 
                        lr=lr, seed=seed, **kw)
 
 
+def _state(state_dir: str | Path | None, name: str) -> Path | None:
+    return None if state_dir is None else Path(state_dir) / f"{name}.pth"
+
+
 def train_teacher(train_loader, val_loader, epochs: int | None = None, arch: str = "mnist_cnn",
-                  lr: float = SEED_CONFIG["lr"], seed: int = 0, progress: bool = True, **train_kw: Any):
+                  lr: float = SEED_CONFIG["lr"], seed: int = 0, progress: bool = True,
+                  state_dir: str | Path | None = None, resume: bool = False, **train_kw: Any):
     """Train the teacher with cross-entropy and Adam. Returns the seed's
     ``(model, train_loss, val_loss, train_acc, val_acc)``; the full history is ``model.fit_result``."""
     bundle = train_loader.bundle
     seed_everything(seed)
     model = build_model(arch, num_classes=bundle.num_classes)
     res = fit(model, bundle, _train_config(train_loader, epochs, lr, seed, **train_kw), progress=progress,
-              desc=f"teacher ({arch})")
+              desc=f"teacher ({arch})", state_path=_state(state_dir, "teacher"), resume=resume)
     model.fit_result = res
     h = res.history
     return model, h["train_loss"].tolist(), h["val_loss"].tolist(), h["train_acc"].tolist(), h["val_acc"].tolist()
@@ -89,7 +94,7 @@ def prepare_distillation_data(teacher: nn.Module, train_loader, val_loader, trai
 def train_students(teacher: nn.Module, train_loader, val_loader, train_distill_loader, val_distill_loader,
                    epochs: int | None = None, temperature: float = SEED_CONFIG["temperature"],
                    alpha: float = SEED_CONFIG["alpha"], arch: str = "mnist_mlp", lr: float = SEED_CONFIG["lr"],
-                   seed: int = 0, progress: bool = True):
+                   seed: int = 0, progress: bool = True, state_dir: str | Path | None = None, resume: bool = False):
     """Train the regular student on hard labels and the distilled student on hard labels plus the
     teacher's cached soft targets. Returns ``(student_regular, student_distilled, histories)``."""
     KDConfig(temperature, alpha)  # validate before any training
@@ -97,11 +102,13 @@ def train_students(teacher: nn.Module, train_loader, val_loader, train_distill_l
     cfg = _train_config(train_loader, epochs, lr, seed)
     seed_everything(seed)
     regular = build_model(arch, num_classes=bundle.num_classes)
-    res_reg = fit(regular, bundle, cfg, progress=progress, desc="regular student")
+    res_reg = fit(regular, bundle, cfg, progress=progress, desc="regular student",
+                  state_path=_state(state_dir, "student_regular"), resume=resume)
     seed_everything(seed)  # same initial weights: the only difference is the teacher
     distilled = build_model(arch, num_classes=bundle.num_classes)
     res_kd = fit(distilled, bundle, cfg, method=HintonKD(distilled, teacher, temperature, alpha),
-                 train_extras=train_distill_loader.extras, progress=progress, desc="distilled student")
+                 train_extras=train_distill_loader.extras, progress=progress, desc="distilled student",
+                 state_path=_state(state_dir, "student_distilled"), resume=resume)
     regular.fit_result, distilled.fit_result = res_reg, res_kd
     return regular, distilled, {"student_regular": res_reg.history, "student_distilled": res_kd.history}
 
@@ -201,22 +208,24 @@ def run_pipeline(dataset: str = "mnist", epochs: int | None = None, batch_size: 
                  temperature: float = SEED_CONFIG["temperature"], alpha: float = SEED_CONFIG["alpha"],
                  lr: float = SEED_CONFIG["lr"], teacher_arch: str = "mnist_cnn", student_arch: str = "mnist_mlp",
                  seed: int = 0, profile: str | None = None, out: str | Path | None = None,
-                 data_root: str | Path | None = None, progress: bool = True) -> PipelineResult:
-    """The seven steps of the seed pipeline, end to end."""
+                 data_root: str | Path | None = None, progress: bool = True, resume: bool = False) -> PipelineResult:
+    """The seven steps of the seed pipeline, end to end. Each training run keeps its per-epoch state
+    in ``models/training_state/``; ``resume=True`` continues interrupted runs from there."""
     KDConfig(temperature, alpha)
     prof = get_profile(profile)
     epochs = epochs or prof.train("mnist_seed").epochs
     start = time.perf_counter()
     dirs = initialize_directories(prof.name, root=out)
+    state_dir = dirs["models"] / "training_state"
     train_loader, val_loader, test_loader, train_set, val_set, _ = load_and_split_data(
         dataset, batch_size, test_size, random_state, prof.name, data_root)
     bundle = train_loader.bundle
     teacher, *_ = train_teacher(train_loader, val_loader, epochs=epochs, arch=teacher_arch, lr=lr, seed=seed,
-                                progress=progress)
+                                progress=progress, state_dir=state_dir, resume=resume)
     tdl, vdl = prepare_distillation_data(teacher, train_loader, val_loader, train_set, val_set)
     reg, dist, hist = train_students(teacher, train_loader, val_loader, tdl, vdl, epochs=epochs,
                                      temperature=temperature, alpha=alpha, arch=student_arch, lr=lr, seed=seed,
-                                     progress=progress)
+                                     progress=progress, state_dir=state_dir, resume=resume)
     models = {"teacher": teacher, "student_regular": reg, "student_distilled": dist}
     histories = {"teacher": teacher.fit_result.history, **hist}
     results = evaluate_all_models(teacher, reg, dist, test_loader, verbose=progress)

@@ -7,6 +7,7 @@ the trainer sums the dict and logs every term, so a new method never touches the
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import torch
@@ -23,8 +24,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     The ``T^2`` factor keeps the gradient scale roughly independent of ``T`` (Hinton et al. 2015, sec. 2).
     Computed in float32 even under autocast: softmax at high T is sensitive to rounding.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ in shape")
@@ -126,7 +127,7 @@ class LogitMatching(Distiller):
     """``alpha * MSE(s, t) + (1 - alpha) * CE``: regress the teacher's logits directly."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, alpha: float = 0.9):
-        if not 0 <= alpha <= 1:
+        if not 0 <= alpha <= 1:  # also rejects NaN
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         super().__init__(student, teacher)
         self.alpha = float(alpha)

@@ -10,7 +10,7 @@ from kd_utils.config import PROFILES, KDConfig, TrainConfig, get_profile, output
     ({"batch_size": -4}, "batch_size must be an int >= 1"),
     ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
     ({"schedule": "linear"}, "unknown schedule 'linear'"),
-    ({"lr": 0}, "lr must be > 0"),
+    ({"lr": 0}, "lr must be a finite number > 0"),
     ({"augment": "mixup"}, "unknown augment 'mixup'"),
     ({"precision": "fp16"}, "unknown precision 'fp16'"),
     ({"label_smoothing": 1.0}, "label_smoothing must be in"),
@@ -21,7 +21,7 @@ def test_train_config_rejects_bad_values(kwargs, match):
         TrainConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"temperature": 0}, "temperature must be > 0, got 0"),
+@pytest.mark.parametrize("kwargs, match", [({"temperature": 0}, "temperature must be a finite number > 0, got 0"),
                                            ({"alpha": -0.1}, "alpha must be in \\[0, 1\\], got -0.1"),
                                            ({"alpha": 1.01}, "alpha must be in")])
 def test_kd_config_rejects_bad_values(kwargs, match):

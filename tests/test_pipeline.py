@@ -35,7 +35,9 @@ def test_pipeline_writes_exactly_the_seed_files(tmp_path):
     res = run_pipeline(profile="smoke", epochs=1, out=tmp_path, progress=False)
     models = tmp_path / "models" / "smoke"
     results = tmp_path / "results" / "smoke"
-    assert {p.name for p in models.iterdir()} == SEED_MODELS
+    assert {p.name for p in models.glob("*.pth")} == SEED_MODELS
+    assert {p.name for p in (models / "training_state").iterdir()} == {"teacher.pth", "student_regular.pth",
+                                                                       "student_distilled.pth"}
     assert SEED_PLOTS == {p.name for p in (results / "plots").iterdir()}
     metrics = json.loads((results / "metrics" / "evaluation.json").read_text())
     assert set(metrics["models"]) == {"teacher", "student_regular", "student_distilled"}
@@ -115,6 +117,6 @@ def test_cli_cifar_seed_end_to_end(tmp_path):
     r = _cli("distill", "--train-teacher", "--profile", "smoke", "--epochs", "1", "--out", str(tmp_path), "--quiet")
     assert r.returncode == 0, r.stderr
     models = tmp_path / "models" / "smoke"
-    assert {p.name for p in models.iterdir()} == {"best_teacher.pth", "best_student_kd.pth", "best_student_base.pth"}
+    assert {p.name for p in models.glob("*.pth")} == {"best_teacher.pth", "best_student_kd.pth", "best_student_base.pth"}
     assert "Student Network (with KD)" in r.stdout and "Knowledge Distillation Improvement" in r.stdout
     assert load_model(models / "best_teacher.pth").arch["name"] == "cifar_resnet"
