@@ -222,14 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import distributed
     try:
+        distributed.init_from_env()  # under torchrun: join the process group
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:  # one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (resume with --resume)", file=sys.stderr)
         return 130
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -613,6 +613,13 @@ def _random_crop(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generat
 # =====================================================================================================
 
 
+def _share(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Bounds of rank's contiguous share of ``n`` items (sizes differ by at most one)."""
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
+
+
 class BatchLoader:
     """Iterate over in-memory uint8 images in batches of normalised float32 tensors.
 
@@ -645,6 +652,8 @@ class BatchLoader:
         extras: Sequence[torch.Tensor] = (),
         channels_last: bool = False,
         split: str = "custom",
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -657,6 +666,8 @@ class BatchLoader:
             raise ValueError(f"y must have shape ({n},), got {tuple(y.shape)}")
         if len(mean) != x.shape[1] or len(std) != x.shape[1]:
             raise ValueError(f"mean/std need {x.shape[1]} channels, got {len(mean)}/{len(std)}")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         extras = tuple(extras)
         for i, extra in enumerate(extras):
             if not isinstance(extra, torch.Tensor) or extra.dim() == 0 or extra.shape[0] != n:
@@ -677,6 +688,7 @@ class BatchLoader:
         self.extras = tuple(e.to(self.device) for e in extras)
         scale, shift = _affine(mean, std)
         self._scale, self._shift = scale.to(self.device), shift.to(self.device)
+        self.rank, self.world_size = rank, world_size
         self._epoch = 0
 
     def __len__(self) -> int:
@@ -713,6 +725,11 @@ class BatchLoader:
             if self.augment is not None:
                 pad, flip = AUGMENTATIONS[self.augment]
                 xb = _random_crop(xb, pad, flip, generator)
+            if self.world_size > 1:
+                # Distributed: every rank draws the same global batch (same generator stream, so the
+                # same crops) and keeps its contiguous share, so N processes see what one would.
+                lo, hi = _share(len(yb), self.rank, self.world_size)
+                xb, yb, extras = xb[lo:hi], yb[lo:hi], [e[lo:hi] for e in extras]
             xb = _normalize(xb, self._scale, self._shift)
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -797,18 +814,23 @@ class DataBundle:
         drop_last: bool = False,
         extras: Sequence[torch.Tensor] = (),
         channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> BatchLoader:
         """A :class:`BatchLoader` over ``split``; shuffles by default only for "train".
 
         ``augment``: None, "crop" (random 32x32/28x28 crop of the image zero-padded by 4 px),
         "crop_flip" (the same plus a horizontal flip with p=0.5) or "jitter" (translation by up to
         2 px). ``extras`` are tensors aligned with the split's samples, batched alongside.
+        ``rank``/``world_size``: under DistributedDataParallel each process takes its share of every
+        global batch (``batch_size`` is the global batch).
         """
         x, y = self.tensors(split)
         return BatchLoader(
             x, y, mean=self.mean, std=self.std, batch_size=batch_size,
             shuffle=(split == "train") if shuffle is None else shuffle, augment=augment, seed=seed,
             device=device, drop_last=drop_last, extras=extras, channels_last=channels_last, split=split,
+            rank=rank, world_size=world_size,
         )
 
     def dataset(self, split: str) -> ImageDataset:

@@ -233,5 +233,7 @@ def run_pipeline(dataset: str = "mnist", epochs: int | None = None, batch_size: 
     config = {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "test_size": test_size,
               "random_state": random_state, "temperature": temperature, "alpha": alpha, "lr": lr,
               "teacher_arch": teacher_arch, "student_arch": student_arch, "seed": seed, "profile": prof.name}
-    files = save_and_visualize_results(models, histories, results, bundle, dirs, config=config, cost=cost)
+    from .distributed import is_main
+    files = save_and_visualize_results(models, histories, results, bundle, dirs, config=config, cost=cost) \
+        if is_main() else []
     return PipelineResult(models, histories, results, cost, files, time.perf_counter() - start)

@@ -204,21 +204,32 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                          "they would not match the augmented images")
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path (where the per-epoch training state is kept)")
-    device = resolve_device(cfg.device)
+    from . import distributed as D
+    world, rank = D.world_size(), D.rank()
+    main = rank == 0  # only rank 0 writes files and shows progress
+    device = D.local_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
     channels_last = uses_channels_last(model)
     from .fileio import check_writable
     for p in (checkpoint_path, state_path):  # fail now, not after hours of training
-        if p is not None:
+        if p is not None and main:
             check_writable(Path(p).parent, need_bytes=3 * sum(t.numel() * t.element_size()
                                                                for t in model.state_dict().values()))
-    seed_everything(cfg.seed)  # dropout and any other global randomness
+    seed_everything(cfg.seed + rank)  # dropout and any other global randomness (its own stream per process)
 
     method.to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
     train_loader = data.loader("train", batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
-                               device=device, extras=tuple(train_extras), channels_last=channels_last)
+                               device=device, extras=tuple(train_extras), channels_last=channels_last,
+                               rank=rank, world_size=world)
+    step = method
+    if world > 1:  # gradients of the student (and adapters) are averaged; the frozen teacher is left out
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        if method.teacher is not None:
+            DDP._set_params_and_buffers_to_ignore_for_model(
+                method, [f"teacher.{k}" for k in method.teacher.state_dict()])
+        step = DDP(method, device_ids=[device.index] if device.type == "cuda" else None)
     has_val = len(data.y_val) > 0
     opt = make_optimizer(method.trainable_parameters(), cfg)
     sched = make_scheduler(opt, cfg, len(train_loader))
@@ -238,11 +249,11 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
         rows, best = [dict(r, epoch=int(r["epoch"])) for r in st["history"]], st["best"]
         first_epoch = st["epoch"] + 1
         train_loader.set_epoch(st["epoch"])  # the shuffling/augmentation stream continues where it stopped
-        if progress:
+        if progress and main:
             print(f"resuming {desc or type(method).__name__} after epoch {st['epoch']} from {state_path}")
 
     start = time.perf_counter()
-    bar = tqdm(range(first_epoch, cfg.epochs + 1), desc=desc or type(method).__name__, disable=not progress,
+    bar = tqdm(range(first_epoch, cfg.epochs + 1), desc=desc or type(method).__name__, disable=not (progress and main),
                unit="epoch", initial=first_epoch - 1, total=cfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -250,12 +261,17 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device)
         seen = 0
-        for x, y, *extras in train_loader:
+        for i, (x, y, *extras) in enumerate(train_loader):
             with autocast(device, precision):
-                logits, losses = method(x, y, *extras)
+                logits, losses = step(x, y, *extras)
             loss = sum(losses.values())
+            if world > 1:  # DDP averages over processes; weight by share so a ragged batch counts like one process
+                global_n = min(cfg.batch_size, train_loader.num_samples - i * cfg.batch_size)
+                loss_for_grad = loss * (y.shape[0] * world / global_n)
+            else:
+                loss_for_grad = loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_for_grad.backward()
             opt.step()
             sched.step()
             if constrain is not None:
@@ -266,6 +282,11 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                 sums[k] = sums.get(k, 0) + v.detach().float() * n
             correct += (logits.detach().argmax(1) == y).sum()
             seen += n
+        if world > 1:  # epoch metrics over all processes' shares
+            keys = sorted(sums)
+            packed = D.all_reduce_sum(torch.stack([sums[k] for k in keys] + [correct.float(),
+                                                                             torch.tensor(float(seen), device=device)]))
+            sums, correct, seen = dict(zip(keys, packed[:len(keys)])), packed[-2], int(packed[-1].item())
         terms = {k: (v / seen).item() for k, v in sums.items()}
         bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
         if bad:  # nothing of this epoch is saved: the last good state and the best checkpoint stay as they were
@@ -284,12 +305,12 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
         if score > best["acc"]:
             best = {"acc": score, "epoch": epoch,
                     "state": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}}
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and main:
                 from .checkpoint import save_checkpoint
                 save_checkpoint(checkpoint_path, model, config=cfg.to_dict(), seed=cfg.seed,
                                 metrics={"epoch": epoch, "val_acc": row.get("val_acc"), "train_acc": row["train_acc"]},
                                 extra={"method": method.describe()})
-        if state_path is not None:
+        if state_path is not None and main:
             _save_state(Path(state_path), method, opt, sched, epoch, rows, best, cfg)
         bar.set_postfix({k: f"{row[k]:.4f}" for k in ("train_loss", "val_acc") if k in row})
     if restore_best and best["state"] is not None:
@@ -300,4 +321,4 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     return FitResult(history=pd.DataFrame(rows), best_epoch=best["epoch"], best_val_acc=best["acc"],
                      wall_time_s=time.perf_counter() - start,
                      config={**cfg.to_dict(), **method.describe(), "precision_used": precision,
-                             "device_used": str(device)})
+                             "device_used": str(device), "world_size": world})
