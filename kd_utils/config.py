@@ -44,6 +44,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = ()   # epochs at which "step" multiplies the lr by gamma
     gamma: float = 0.1
     label_smoothing: float = 0.0
+    grad_clip: float | None = None     # max global gradient norm (None: no clipping)
     augment: str | None = None
     precision: str = "auto"
     device: str = "auto"
@@ -61,6 +62,8 @@ class TrainConfig:
                f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0),
+               f"grad_clip must be None or a finite number > 0, got {self.grad_clip}")
         _check(self.augment in AUGMENTS, f"unknown augment {self.augment!r}; allowed: {AUGMENTS}")
         _check(self.precision in ("auto", "fp32", "bf16"),
                f"unknown precision {self.precision!r}; allowed: auto, fp32, bf16")

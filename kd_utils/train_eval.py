@@ -231,7 +231,8 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                 method, [f"teacher.{k}" for k in method.teacher.state_dict()])
         step = DDP(method, device_ids=[device.index] if device.type == "cuda" else None)
     has_val = len(data.y_val) > 0
-    opt = make_optimizer(method.trainable_parameters(), cfg)
+    clip_params = list(method.trainable_parameters())
+    opt = make_optimizer(clip_params, cfg)
     sched = make_scheduler(opt, cfg, len(train_loader))
     constrain = getattr(model, "apply_constraints", None)
 
@@ -272,6 +273,8 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                 loss_for_grad = loss
             opt.zero_grad(set_to_none=True)
             loss_for_grad.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(clip_params, cfg.grad_clip)
             opt.step()
             sched.step()
             if constrain is not None:

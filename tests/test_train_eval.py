@@ -96,3 +96,16 @@ def test_bad_fit_arguments(toy_mnist):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is available"):
             fit(model, toy_mnist, TrainConfig(device="cuda"))
+
+
+def test_grad_clip_bounds_the_update(toy_mnist):
+    """One SGD step (no momentum) moves the weights by lr * clipped gradient: its norm is at most lr * clip."""
+    seed_everything(0)
+    model = build_model("mnist_mlp")
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    cfg = TrainConfig(epochs=1, batch_size=512, optimizer="sgd", momentum=0.0, lr=1.0, grad_clip=0.01, **CPU)
+    fit(model, toy_mnist, cfg, progress=False, restore_best=False)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm().item() == pytest.approx(0.01, rel=1e-3)  # 512 samples = one step
+    with pytest.raises(ValueError, match="grad_clip must be None or a finite number > 0, got 0"):
+        TrainConfig(grad_clip=0)
