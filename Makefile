@@ -12,6 +12,7 @@ help:
 	@echo "make run [PROFILE=smoke|cpu|gpu]  execute every notebook (default cpu) -> models/, results/"
 	@echo "make test                          unit tests + nbval over every notebook (KD_PROFILE=smoke)"
 	@echo "make data                          fetch and cache MNIST, Fashion-MNIST and CIFAR-10"
+	@echo "make bench [QUICK=1]               speed figures -> results/benchmarks.json, BENCHMARKS.md"
 
 venv: $(VENV)/.installed
 
@@ -29,6 +30,9 @@ run: venv data
 
 test: venv data
 	KD_PROFILE=smoke $(PY) -m pytest -q tests $(if $(NOTEBOOKS),--nbval-lax --nbval-current-env $(NOTEBOOKS))
+
+bench: venv data
+	$(PY) -m kd_utils.bench $(if $(QUICK),--quick)
 
 unit: venv
 	$(PY) -m pytest -q tests
