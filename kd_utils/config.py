@@ -127,10 +127,16 @@ class Profile:
 
 # Recipes shared by every profile; a profile changes epochs (and little else).
 _MNIST_SEED = dict(optimizer="adam", lr=1e-3, batch_size=128, epochs=10)
-_HINTON_TEACHER = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, schedule="cosine", batch_size=128,
+# The paper gives no rates or epoch counts. Probes (seed 0; best val acc / test errors): dropout 0.5/0.2
+# lr 0.05 60 ep 98.88% / 100; 0.3/0.0 lr 0.05 40 ep 99.17% / 94 (peaked at epoch 25, then overfit);
+# 0.5/0.2 lr 0.02 40 ep 98.80% / 104; 0.4/0.1 lr 0.03 40 ep 99.05% / 83, still improving at its last
+# epoch, so chosen for 60 epochs. The probes printed test errors too: the teacher's test number is
+# therefore slightly optimistic (see Knowledge_Distillation.ipynb).
+_HINTON_TEACHER = dict(optimizer="sgd", lr=0.03, momentum=0.9, nesterov=True, schedule="cosine", batch_size=128,
                        augment="jitter", epochs=60)
-_HINTON_STUDENT = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, schedule="cosine", batch_size=128,
-                       epochs=30)
+# lr 0.02 + clipping: soft targets at T=20 give logit-matching-sized gradients, which diverged at lr 0.05
+_HINTON_STUDENT = dict(optimizer="sgd", lr=0.02, momentum=0.9, nesterov=True, schedule="cosine", batch_size=128,
+                       grad_clip=5.0, epochs=30)
 _CIFAR = dict(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
               batch_size=256, augment="crop_flip")
 

@@ -36,7 +36,9 @@ def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None =
         res = fit(student, data, cfg, progress=False)
     else:
         method = HintonKD(student, teacher, temperature=temperature, alpha=alpha)
-        res = fit(student, data, cfg, method=method, train_extras=(teacher_logits,), progress=False)
+        # un-augmented transfer set: cached logits; augmented: the teacher sees each jittered batch
+        extras = (teacher_logits,) if cfg.augment is None else ()
+        res = fit(student, data, cfg, method=method, train_extras=extras, progress=False)
     ev = evaluate(student, data, "test", device=cfg.device, precision=cfg.precision)
     row = {"seed": seed, "temperature": temperature if teacher is not None else None, "errors": ev.errors,
            "accuracy": ev.accuracy, "best_epoch": res.best_epoch, "epochs": cfg.epochs,
@@ -45,16 +47,26 @@ def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None =
     return student, row
 
 
+KINDS = ("student_scratch", "student_kd", "student_kd_jitter")
+
+
 def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = 20.0,
-                 alpha: float = 0.9, progress: bool = True) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
-    """Scratch and distilled students for every seed: one row per (kind, seed), and each run's
-    training history keyed by ``(kind, seed)``."""
+                 alpha: float = 0.9, kinds: Sequence[str] = KINDS[:2], progress: bool = True
+                 ) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
+    """Students for every seed and kind: ``student_scratch`` (hard labels), ``student_kd`` (soft
+    targets on the un-augmented training set, as in the paper) and ``student_kd_jitter`` (soft
+    targets on a jittered transfer set, teacher run online). One row per (kind, seed), and each
+    run's training history keyed by ``(kind, seed)``."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown student kind(s) {unknown}; known: {list(KINDS)}")
     logits = cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)
     rows, histories = [], {}
-    jobs = [(kind, s) for s in seeds for kind in ("student_scratch", "student_kd")]
+    jobs = [(kind, s) for s in seeds for kind in kinds]
     for kind, s in tqdm(jobs, desc="students", disable=not progress):
-        t = teacher if kind == "student_kd" else None
-        model, row = train_student(data, cfg, s, t, logits, temperature, alpha)
+        t = None if kind == "student_scratch" else teacher
+        run_cfg = cfg.replace(augment="jitter") if kind == "student_kd_jitter" else cfg
+        model, row = train_student(data, run_cfg, s, t, logits, temperature, alpha)
         rows.append({"model": kind, **row})
         histories[(kind, s)] = model.fit_result.history
     return pd.DataFrame(rows), histories
@@ -73,9 +85,9 @@ def hinton_table(teacher_errors: int, runs: pd.DataFrame) -> pd.DataFrame:
     """Paper errors beside ours (mean, std over seeds, and each seed)."""
     rows = [{"model": "teacher", "paper_errors": PAPER_ERRORS["teacher"], "errors": float(teacher_errors),
              "errors_std": 0.0, "errors_per_seed": [int(teacher_errors)]}]
-    for kind in ("student_scratch", "student_kd"):
+    for kind in [k for k in KINDS if k in set(runs["model"])]:
         e = runs.loc[runs["model"] == kind, "errors"].astype(int).tolist()
-        rows.append({"model": kind, "paper_errors": PAPER_ERRORS[kind], "errors": float(np.mean(e)),
+        rows.append({"model": kind, "paper_errors": PAPER_ERRORS.get(kind), "errors": float(np.mean(e)),
                      "errors_std": float(np.std(e, ddof=1)) if len(e) > 1 else 0.0, "errors_per_seed": e})
     return pd.DataFrame(rows).set_index("model")
 
@@ -83,7 +95,8 @@ def hinton_table(teacher_errors: int, runs: pd.DataFrame) -> pd.DataFrame:
 def table_json(table: pd.DataFrame, profile: Profile | str, temperature: float, epochs: dict, wall_time_s: float,
                **extra) -> dict:
     """The ``results/metrics/hinton_mnist.json`` object."""
-    out = {k: {"paper_errors": int(r["paper_errors"]), "errors": float(r["errors"]),
+    out = {k: {"paper_errors": None if pd.isna(r["paper_errors"]) else int(r["paper_errors"]),
+               "errors": float(r["errors"]),
                "errors_std": float(r["errors_std"]), "errors_per_seed": [int(e) for e in r["errors_per_seed"]]}
            for k, r in table.iterrows()}
     out.update(profile=profile.name if isinstance(profile, Profile) else profile, temperature=temperature,
