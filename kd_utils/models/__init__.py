@@ -1,0 +1,58 @@
+"""Model constructors by name: ``build_model("vgg13", width=0.5, num_classes=10)``.
+
+Every model built here remembers how it was built (``model.arch``), so a checkpoint can rebuild it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from .small import MLP, CifarCNN, CifarResNet, MnistCNN
+from .vgg import VGG, VGG_CONFIGS
+
+
+def _vgg(depth: str) -> Callable[..., nn.Module]:
+    def make(**kw: Any) -> nn.Module:
+        return VGG(depth=depth, **kw)
+    make.__doc__ = f"{depth} (CIFAR VGG with BatchNorm); kwargs: width, num_classes, in_channels, dropout"
+    return make
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    **{depth: _vgg(depth) for depth in VGG_CONFIGS},
+    "mlp": MLP,
+    "mnist_mlp": lambda **kw: MLP(**{"hidden": (128,), **kw}),
+    "mnist_cnn": MnistCNN,
+    "hinton_teacher": lambda **kw: MLP(**{"hidden": (1200, 1200), "dropout": 0.4, "input_dropout": 0.1,
+                                          "max_norm": 3.5, **kw}),
+    "hinton_student": lambda **kw: MLP(**{"hidden": (800, 800), **kw}),
+    "cifar_resnet": CifarResNet,
+    "cifar_cnn": CifarCNN,
+}
+# One line a model, for listings and error messages.
+DESCRIPTIONS = {
+    "mlp": "MLP with configurable hidden sizes (784 inputs)",
+    "mnist_mlp": "seed student MLP 784-128-10",
+    "mnist_cnn": "seed teacher CNN: conv32@5x5, maxpool 5, FC128",
+    "hinton_teacher": "Hinton 2015 teacher 784-1200-1200-10, dropout 0.4 (input 0.1), max-norm 3.5",
+    "hinton_student": "Hinton 2015 student 784-800-800-10, no regularisation",
+    "cifar_resnet": "ResNet-style CIFAR teacher (3 stages of basic blocks)",
+    "cifar_cnn": "compact CIFAR CNN student",
+    **{d: f"CIFAR {d.upper()} with BatchNorm and width multiplier" for d in VGG_CONFIGS},
+}
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model. Unknown names and bad arguments raise ``ValueError``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    try:
+        model = MODELS[name](**kwargs)
+    except TypeError as e:  # unexpected keyword: say which model rejected it
+        raise ValueError(f"bad arguments for model {name!r}: {e}") from None
+    model.arch = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+__all__ = ["build_model", "MODELS", "DESCRIPTIONS", "VGG", "MLP", "MnistCNN", "CifarResNet", "CifarCNN"]
