@@ -22,6 +22,7 @@ Figures (``--list`` prints them):
 - ``cost_scaling_data``           log-log slope of MLP epoch time vs training-set size
 - ``cost_scaling_width``          log-log slope of VGG-8 step time vs width multiplier
 - ``k_students_shared_teacher``   3 separate online-KD runs / 3 students sharing one teacher pass
+- ``batch_crop_speedup``          old 4-D-indexing crop / gather crop (an optimisation, shown as its gain)
 """
 from __future__ import annotations
 
@@ -818,6 +819,41 @@ def fig_k_students_shared_teacher(b: Bench, k: int = 3) -> Figure:
          **{f"{k_}_s": v for k_, v in med.items()}, "times_s": {k_: _raw(v) for k_, v in t.items()}})
 
 
+def _crop_advanced_indexing(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """The first version of ``data._random_crop`` (4-D advanced indexing), kept as this figure's baseline."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = top[:, None] + torch.arange(h)
+    cols = left[:, None] + torch.arange(w)
+    if flip:
+        mirrored = torch.rand(n, generator=generator) < 0.5
+        cols = torch.where(mirrored[:, None], cols.flip(1), cols)
+    batch = torch.arange(n)[:, None, None, None]
+    chan = torch.arange(c)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def fig_batch_crop_speedup(b: Bench) -> Figure:
+    """Optimisation shown: crop+flip of a CIFAR batch of 256 by one flattened ``gather`` (now in
+    ``data._random_crop``) vs the first version's 4-D advanced indexing; outputs must be identical."""
+    from .data import _random_crop
+    x = b.data("cifar10").x_train[:CIFAR_BATCH]
+    g1, g2 = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED)
+    if not torch.equal(_random_crop(x, 4, True, g1), _crop_advanced_indexing(x, 4, True, g2)):
+        raise RuntimeError("gather crop and advanced-indexing crop disagree")
+    g = torch.Generator().manual_seed(SEED)
+    reps = 20
+    t = b.times({"advanced_indexing": lambda: [_crop_advanced_indexing(x, 4, True, g) for _ in range(reps)],
+                 "gather": lambda: [_random_crop(x, 4, True, g) for _ in range(reps)]})
+    med = {k: _med(v) / reps for k, v in t.items()}
+    return Figure("batch_crop_speedup", med["advanced_indexing"] / med["gather"], "x", None, True,
+                  "the same crop+flip by 4-D advanced indexing (the loader's first version)",
+                  {"batch": list(x.shape), **{f"{k}_ms_per_batch": 1000 * v for k, v in med.items()},
+                   "times_s": {k: _raw(v) for k, v in t.items()}})
+
+
 FIGURES: dict[str, Callable[[Bench], Figure]] = {
     "input_pipeline_speedup_mlp": fig_input_pipeline_speedup_mlp,
     "input_pipeline_share_vgg8": fig_input_pipeline_share_vgg8,
@@ -830,6 +866,7 @@ FIGURES: dict[str, Callable[[Bench], Figure]] = {
     "cost_scaling_data": fig_cost_scaling_data,
     "cost_scaling_width": fig_cost_scaling_width,
     "k_students_shared_teacher": fig_k_students_shared_teacher,
+    "batch_crop_speedup": fig_batch_crop_speedup,
 }
 
 
