@@ -54,7 +54,7 @@ def _saved_epoch(state: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])  # SIGINT = Ctrl-C
 def test_killed_subprocess_resumes_to_identical_result(tmp_path, sig):
     threads = torch.get_num_threads()
     try:
