@@ -147,10 +147,13 @@ def _cmd_run_notebooks(a: argparse.Namespace) -> int:
     ran = [r for r in records if r["status"] == "ok"]
     missing = [r["notebook"] for r in records if r["status"] == "missing"]
     print(f"\nexecuted {len(ran)} notebook(s)" + (f"; not written yet: {', '.join(missing)}" if missing else ""))
+    from .config import PROFILE_NAMES, get_profile
     dirs = output_dirs(a.profile, create=False)
+    others = {n for n in PROFILE_NAMES if n != get_profile(a.profile).name}
     for key in ("models", "results"):
-        if dirs[key].exists():
-            files = sorted(p for p in dirs[key].rglob("*") if p.is_file())
+        if dirs[key].exists():  # this profile's files only (the default profile's folders hold the others')
+            files = sorted(p for p in dirs[key].rglob("*")
+                           if p.is_file() and not others & set(p.relative_to(dirs[key]).parts[:1]))
             print(f"{dirs[key]}/: {len(files)} file(s)")
             for p in files[:60]:
                 print(f"  {p}")
