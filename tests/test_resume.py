@@ -23,7 +23,10 @@ TESTS = Path(__file__).resolve().parent
 CFG = dict(epochs=8, batch_size=32, optimizer="sgd", lr=0.05, schedule="cosine", augment="jitter", device="cpu",
            precision="fp32", seed=4)
 SCRIPT = textwrap.dedent("""
-    import sys
+    import signal, sys
+    # A shell's background jobs inherit SIGINT as ignored; restore what a terminal or a notebook does
+    # with Ctrl-C (raise KeyboardInterrupt), which this test sends.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
     import torch
     from conftest import make_bundle
