@@ -45,6 +45,7 @@ from PIL import Image
 import torch.nn.functional as F
 from torch import nn
 
+from .cli import positive_int
 from .data import DataBundle, get_data
 from .fileio import write_json, write_text
 from .models import build_model
@@ -1018,16 +1019,6 @@ def _parse_only(text: str) -> list[str]:
     return names
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kd_utils.bench",
                                 description="Measure the suite's speed figures; write <out>/benchmarks.json and "
@@ -1037,9 +1028,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md", default=str(DEFAULT_MD), help="where to write the Markdown report (default: %(default)s)")
     p.add_argument("--only", type=_parse_only, action="append", default=None, metavar="NAME[,NAME]",
                    help="run only these figures (repeatable)")
-    p.add_argument("--repeats", type=_positive_int, default=None,
+    p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed repeats per measurement (default: 5 full, 3 quick; at least 3)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--list", action="store_true", help="list the figures and exit")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: ~1k images, every code path

@@ -15,54 +15,24 @@ from pathlib import Path
 
 
 # ----------------------------------------------------------- validators ----
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def checked(convert, ok, expected: str):
+    """An argparse ``type``: convert the text, then require ``ok(value)``; errors say what was expected."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+    return parse
 
 
-def _non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
-    return v
-
-
-def _unit_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {s!r}") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
-    return v
-
-
-def _fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {s!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {v}")
-    return v
+positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = checked(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = checked(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
+_unit_float = checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_fraction = checked(float, lambda v: 0 < v < 1, "a fraction in (0, 1)")
 
 
 # ------------------------------------------------------------- commands ----
@@ -168,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     D = argparse.ArgumentDefaultsHelpFormatter
 
     def common(sp, batch_default):
-        sp.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the profile's)")
-        sp.add_argument("--batch-size", type=_positive_int, default=batch_default, help="batch size")
+        sp.add_argument("--epochs", type=positive_int, default=None, help="epochs (default: the profile's)")
+        sp.add_argument("--batch-size", type=positive_int, default=batch_default, help="batch size")
         sp.add_argument("--num-workers", type=_non_negative_int, default=0,
                         help="accepted for compatibility with the seed; data are in memory, no workers are used")
         sp.add_argument("--profile", choices=["smoke", "cpu", "gpu"], default=None, help="default: $KD_PROFILE or cpu")

@@ -100,31 +100,10 @@ class Vanilla(Distiller):
         return logits, {"loss_ce": F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)}
 
 
-class HintonKD(Distiller):
-    """``alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE``; alpha=1 is soft-only, alpha=0 hard-only."""
-
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, temperature: float = 4.0,
-                 alpha: float = 0.9):
-        KDConfig(temperature, alpha)  # validates
-        super().__init__(student, teacher)
-        self.temperature, self.alpha = float(temperature), float(alpha)
-
-    def forward(self, x, y, *extras):
-        logits = self.student(x)
-        losses = {}
-        if self.alpha < 1:
-            losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
-        if self.alpha > 0:
-            t_logits = self.teacher_logits(x, extras[0] if extras else None)
-            losses["loss_kd"] = self.alpha * kd_loss(logits, t_logits, self.temperature)
-        return logits, losses
-
-    def describe(self):
-        return {"method": "HintonKD", "temperature": self.temperature, "alpha": self.alpha}
-
-
-class LogitMatching(Distiller):
-    """``alpha * MSE(s, t) + (1 - alpha) * CE``: regress the teacher's logits directly."""
+class SoftTargetDistiller(Distiller):
+    """``alpha * soft_loss(student, teacher) + (1 - alpha) * CE``; subclasses define ``soft_loss``
+    and the name of its term. alpha=1 is soft-only, alpha=0 hard-only."""
+    term = "loss_soft"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, alpha: float = 0.9):
         if not 0 <= alpha <= 1:  # also rejects NaN
@@ -132,6 +111,9 @@ class LogitMatching(Distiller):
         super().__init__(student, teacher)
         self.alpha = float(alpha)
 
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x, y, *extras):
         logits = self.student(x)
         losses = {}
@@ -139,8 +121,33 @@ class LogitMatching(Distiller):
             losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
         if self.alpha > 0:
             t_logits = self.teacher_logits(x, extras[0] if extras else None)
-            losses["loss_mse"] = self.alpha * logit_mse_loss(logits, t_logits)
+            losses[self.term] = self.alpha * self.soft_loss(logits, t_logits)
         return logits, losses
+
+
+class HintonKD(SoftTargetDistiller):
+    """``alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE``; alpha=1 is soft-only, alpha=0 hard-only."""
+    term = "loss_kd"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, temperature: float = 4.0,
+                 alpha: float = 0.9):
+        KDConfig(temperature, alpha)  # validates
+        super().__init__(student, teacher, alpha)
+        self.temperature = float(temperature)
+
+    def soft_loss(self, student_logits, teacher_logits):
+        return kd_loss(student_logits, teacher_logits, self.temperature)
+
+    def describe(self):
+        return {"method": "HintonKD", "temperature": self.temperature, "alpha": self.alpha}
+
+
+class LogitMatching(SoftTargetDistiller):
+    """``alpha * MSE(s, t) + (1 - alpha) * CE``: regress the teacher's logits directly."""
+    term = "loss_mse"
+
+    def soft_loss(self, student_logits, teacher_logits):
+        return logit_mse_loss(student_logits, teacher_logits)
 
     def describe(self):
         return {"method": "LogitMatching", "alpha": self.alpha}
