@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from .checkpoint import CheckpointError, load_model
 from .config import KDConfig, get_profile

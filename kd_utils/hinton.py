@@ -6,7 +6,6 @@ trained once on hard labels and once on the teacher's soft targets at T=20. The 
 """
 from __future__ import annotations
 
-import time
 from typing import Iterable, Sequence
 
 import numpy as np

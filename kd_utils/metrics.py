@@ -211,7 +211,6 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bin
     # Bin index for (lo, hi]: ceil(conf * n_bins) - 1, clamped for safety at the ends.
     idx = (torch.ceil(conf * n_bins) - 1).clamp(0, n_bins - 1).to(torch.int64).cpu()
     conf, correct = conf.cpu(), correct.cpu()
-    count = torch.bincount(idx, minlength=n_bins).to(torch.float64)
     sum_conf = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf)
     sum_acc = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, correct)
     # |sum_acc - sum_conf| / N equals (|B|/N) * |acc - conf| and is 0 for empty bins.

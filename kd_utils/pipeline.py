@@ -25,7 +25,7 @@ from .fileio import write_json, write_text
 from .models import build_model
 from .profiling import compare_models
 from .runtime import seed_everything, versions
-from .train_eval import EvalResult, FitResult, evaluate, fit
+from .train_eval import EvalResult, evaluate, fit
 from .train_kd import HintonKD, cache_teacher_logits
 
 # The seed's config.py, as defaults.

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 
 import pytest
 import torch

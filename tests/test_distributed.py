@@ -59,7 +59,6 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
     ddp = torch.load(out, weights_only=True)
-    moved = 0.0
     for k, v in student.state_dict().items():
         torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=1e-5, msg=k)
     # the comparison is not vacuous: training moved the weights far more than the tolerance

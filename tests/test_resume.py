@@ -1,7 +1,6 @@
 """Interrupted runs resume from their last epoch and end exactly where an uninterrupted run ends."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
