@@ -46,12 +46,19 @@ def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None =
     return student, row
 
 
+def _logits(teacher: nn.Module, data, cfg: TrainConfig, given: torch.Tensor | None) -> torch.Tensor:
+    """The teacher's training-set logits: ``given`` (computed once by the caller) or computed now."""
+    if given is not None:
+        return given
+    return cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)
+
+
 KINDS = ("student_scratch", "student_kd", "student_kd_jitter")
 
 
 def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = 20.0,
-                 alpha: float = 0.9, kinds: Sequence[str] = KINDS[:2], progress: bool = True
-                 ) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
+                 alpha: float = 0.9, kinds: Sequence[str] = KINDS[:2], progress: bool = True,
+                 teacher_logits: torch.Tensor | None = None) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
     """Students for every seed and kind: ``student_scratch`` (hard labels), ``student_kd`` (soft
     targets on the un-augmented training set, as in the paper) and ``student_kd_jitter`` (soft
     targets on a jittered transfer set, teacher run online). One row per (kind, seed), and each
@@ -59,7 +66,7 @@ def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Modul
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown student kind(s) {unknown}; known: {list(KINDS)}")
-    logits = cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)
+    logits = _logits(teacher, data, cfg, teacher_logits)
     rows, histories = [], {}
     jobs = [(kind, s) for s in seeds for kind in kinds]
     for kind, s in tqdm(jobs, desc="students", disable=not progress):
@@ -72,9 +79,10 @@ def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Modul
 
 
 def temperature_sweep(data, cfg: TrainConfig, teacher: nn.Module, temperatures: Iterable[float], seed: int = 0,
-                      alpha: float = 0.9, progress: bool = True) -> pd.DataFrame:
+                      alpha: float = 0.9, progress: bool = True, teacher_logits: torch.Tensor | None = None
+                      ) -> pd.DataFrame:
     """Distilled-student test errors for each temperature (one seed)."""
-    logits = cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)
+    logits = _logits(teacher, data, cfg, teacher_logits)
     rows = [train_student(data, cfg, seed, teacher, logits, float(T), alpha)[1]
             for T in tqdm(list(temperatures), desc="temperatures", disable=not progress)]
     return pd.DataFrame(rows)

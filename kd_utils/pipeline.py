@@ -125,11 +125,17 @@ def evaluate_all_models(teacher: nn.Module, student_reg: nn.Module, student_dist
     return results
 
 
-def metrics_table(results: dict[str, EvalResult], teacher_key: str = "teacher") -> pd.DataFrame:
-    """One row per model: accuracy, errors, ECE, and agreement/KL with the teacher."""
+def summaries(results: dict[str, EvalResult], teacher_key: str = "teacher") -> dict[str, dict]:
+    """Each model's JSON-friendly summary; students are also compared with the teacher."""
     t = results.get(teacher_key)
-    rows = {name: {k: v for k, v in r.summary(None if name == teacher_key else t).items()
-                   if k != "per_class_accuracy"} for name, r in results.items()}
+    return {name: r.summary(None if name == teacher_key else t) for name, r in results.items()}
+
+
+def metrics_table(results: dict[str, EvalResult], teacher_key: str = "teacher",
+                  summary: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per model: accuracy, errors, ECE, and agreement/KL with the teacher."""
+    summary = summary if summary is not None else summaries(results, teacher_key)
+    rows = {name: {k: v for k, v in d.items() if k != "per_class_accuracy"} for name, d in summary.items()}
     return pd.DataFrame(rows).T
 
 
@@ -139,10 +145,10 @@ def save_and_visualize_results(models: dict[str, nn.Module], histories: dict[str
                                n_examples: int = 12) -> list[Path]:
     """Write the seed's files: checkpoints, four plots, metrics (JSON + CSV), prediction examples."""
     written: list[Path] = []
-    teacher_res = results.get("teacher")
+    per_model = summaries(results)  # computed once: checkpoints, JSON and CSV share it
     for name, m in models.items():
         written.append(save_checkpoint(dirs["models"] / MODEL_FILES.get(name, f"{name}.pth"), m, config=config,
-                                       metrics=results[name].summary(None if name == "teacher" else teacher_res),
+                                       metrics=per_model[name],
                                        seed=(config or {}).get("seed")))
     p = dirs["plots"]
     figs = {
@@ -157,8 +163,8 @@ def save_and_visualize_results(models: dict[str, nn.Module], histories: dict[str
         x, y, {k: r.preds[idx] for k, r in results.items()}, class_names=bundle.classes, n=n_examples)
     for fname, fig in figs.items():
         written.append(plots.save_figure(fig, p / fname, close=True))
-    table = metrics_table(results)
-    summary = {"models": {k: r.summary(None if k == "teacher" else teacher_res) for k, r in results.items()},
+    table = metrics_table(results, summary=per_model)
+    summary = {"models": per_model,
                "config": config or {}, "versions": versions()}
     if cost is not None:
         summary["cost"] = cost.reset_index().to_dict(orient="records")

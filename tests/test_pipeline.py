@@ -120,3 +120,15 @@ def test_cli_cifar_seed_end_to_end(tmp_path):
     assert {p.name for p in models.glob("*.pth")} == {"best_teacher.pth", "best_student_kd.pth", "best_student_base.pth"}
     assert "Student Network (with KD)" in r.stdout and "Knowledge Distillation Improvement" in r.stdout
     assert load_model(models / "best_teacher.pth").arch["name"] == "cifar_resnet"
+
+
+def test_precomputed_teacher_logits_give_the_same_runs():
+    from kd_utils.train_kd import cache_teacher_logits
+    data = get_data("mnist", train_subset=600, test_subset=100)
+    torch.manual_seed(0)
+    teacher = build_model("hinton_teacher")
+    cfg = TrainConfig(epochs=1, batch_size=128, device="cpu", precision="fp32")
+    logits = cache_teacher_logits(teacher, data, "train", device="cpu", precision="fp32")
+    fresh = hinton.temperature_sweep(data, cfg, teacher, [4.0], progress=False)
+    given = hinton.temperature_sweep(data, cfg, teacher, [4.0], progress=False, teacher_logits=logits)
+    assert fresh["errors"].tolist() == given["errors"].tolist()
