@@ -31,15 +31,47 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, or does not fit the model asked for."""
 
 
+def check_savable(model: nn.Module, **metadata: Any) -> None:
+    """Raise :class:`CheckpointError` now for anything :func:`save_checkpoint` would fail on or
+    store lossily: an ``.arch`` whose arguments are not plain data, or metadata that is not."""
+    arch = getattr(model, "arch", None)
+    if arch is not None:
+        _require_plain(arch, f"model {type(model).__name__}'s .arch")
+    for key, value in metadata.items():
+        _require_plain(value or {}, key)
+    for k, v in model.state_dict().items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"state_dict entry {k!r} of {type(model).__name__} is a {type(v).__name__}, "
+                                  "not a tensor; it cannot be stored in a weights_only checkpoint")
+
+
+def _require_plain(obj: Any, where: str, path: str = "") -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _require_plain(v, where, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _require_plain(v, where, f"{path}[{i}]")
+    elif not (obj is None or isinstance(obj, (str, int, float, bool, Path)) or
+              (hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0)):
+        raise CheckpointError(f"{where} holds {type(obj).__name__} at {path or 'top level'!r}, which a checkpoint "
+                              "cannot store (plain numbers, strings, lists and dicts only)")
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, *, config: dict | None = None, metrics: dict | None = None,
                     seed: int | None = None, extra: dict | None = None) -> Path:
-    """Save ``model`` (built by :func:`kd_utils.models.build_model`) with its metadata, atomically."""
+    """Save ``model`` with its metadata, atomically.
+
+    A model from :func:`kd_utils.models.build_model` (or a registered constructor) records its
+    ``.arch`` so :func:`load_model` can rebuild it. Any other ``nn.Module`` is saved with its class
+    (module and qualified name); load it back with ``load_weights(MyNet(...), path)``.
+    """
+    check_savable(model, config=config, metrics=metrics, extra=extra)
     arch = getattr(model, "arch", None)
-    if arch is None:
-        raise CheckpointError(f"model {type(model).__name__} has no .arch: build it with kd_utils.models.build_model "
-                              "so the checkpoint can rebuild it")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "arch": _plain(arch), "state_dict": state, "sha256": state_digest(state),
+    cls = type(model)
+    payload = {"format": FORMAT, "arch": _plain(arch), "module_class": f"{cls.__module__}:{cls.__qualname__}",
+               "state_dict": state, "sha256": state_digest(state),
                "config": _plain(config or {}),
                "metrics": _plain(metrics or {}), "seed": seed, "versions": versions(),
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -98,6 +130,12 @@ def load_model(path: str | Path, expected: str | None = None, map_location: str 
     """
     payload = load_checkpoint(path, map_location)
     arch = payload["arch"]
+    if arch is None:
+        cls = payload.get("module_class", "an unregistered class")
+        raise CheckpointError(f"checkpoint {path} holds a {cls} model that was not built from the model registry, "
+                              "so it cannot be rebuilt by name: register its constructor with "
+                              "kd_utils.models.register_model, or load the weights into an instance you build "
+                              f"yourself: load_weights({cls.split(':')[-1]}(...), {str(path)!r})")
     if expected is not None and arch.get("name") != expected:
         raise CheckpointError(f"checkpoint {path} holds a {arch.get('name')!r} model, not the expected {expected!r}")
     model = build_model(arch["name"], **arch.get("kwargs", {}))
@@ -115,13 +153,26 @@ def load_weights(model: nn.Module, payload_or_path: dict | str | Path, path: str
     mine, theirs = getattr(model, "arch", None), payload.get("arch")
     if mine is not None and theirs is not None and _plain(mine) != theirs:
         raise CheckpointError(f"checkpoint {path} was saved from {theirs}, which does not match this model {mine}")
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as e:
-        first = str(e).splitlines()
-        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: "
-                              f"{' '.join(s.strip() for s in first[:3])}") from None
+    mismatch = _state_mismatch(model.state_dict(), payload["state_dict"])
+    if mismatch:
+        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: {mismatch}")
+    model.load_state_dict(payload["state_dict"])
     return model
+
+
+def _state_mismatch(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], show: int = 8) -> str:
+    """A readable list of missing, unexpected and differently shaped entries ('' when they fit)."""
+    parts = []
+    missing = [k for k in mine if k not in theirs]
+    unexpected = [k for k in theirs if k not in mine]
+    shapes = [f"{k}: model {tuple(mine[k].shape)} vs checkpoint {tuple(theirs[k].shape)}"
+              for k in mine if k in theirs and tuple(mine[k].shape) != tuple(theirs[k].shape)]
+    for label, items in (("missing in the checkpoint", missing), ("not in the model", unexpected),
+                         ("shape mismatch", shapes)):
+        if items:
+            more = f" ... (+{len(items) - show} more)" if len(items) > show else ""
+            parts.append(f"{label}: {', '.join(items[:show])}{more}")
+    return "; ".join(parts)
 
 
 def _plain(obj: Any) -> Any:

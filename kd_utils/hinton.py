@@ -18,7 +18,8 @@ from .config import Profile, TrainConfig
 from .models import build_model
 from .runtime import seed_everything
 from .train_eval import evaluate, fit
-from .train_kd import HintonKD, cache_teacher_logits
+from .experiments import cache_teacher_logits
+from .train_kd import HintonKD
 
 PAPER_ERRORS = {"teacher": 67, "student_scratch": 146, "student_kd": 74}
 

@@ -18,12 +18,15 @@ NOTEBOOKS = (
 
 
 def run_notebooks(profile: str | None = None, names: list[str] | None = None, root: str | os.PathLike = ".",
-                  timeout: int | None = None) -> list[dict]:
+                  timeout: int | None = None, fresh: bool | None = None) -> list[dict]:
     """Execute notebooks with ``KD_PROFILE=profile`` and return one record per notebook.
 
     With the default profile the executed notebook replaces the committed one (it *is* the
     finding); other profiles write ``results/<profile>/executed/NAME`` and leave it alone.
     Missing notebooks are reported, not fatal.
+
+    ``fresh``: retrain every memoised run (``KD_FRESH_RUNS=1``) instead of reusing stored ones.
+    Default: fresh for the default profile, whose executed notebooks are the committed reference.
     """
     import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
@@ -35,8 +38,11 @@ def run_notebooks(profile: str | None = None, names: list[str] | None = None, ro
     if unknown:
         raise ValueError(f"not notebook file names: {unknown}")
     records = []
-    old = os.environ.get("KD_PROFILE")
-    os.environ["KD_PROFILE"] = prof.name  # the kernel inherits it
+    if fresh is None:
+        fresh = prof.name == DEFAULT_PROFILE
+    saved = {k: os.environ.get(k) for k in ("KD_PROFILE", "KD_FRESH_RUNS")}
+    os.environ["KD_PROFILE"] = prof.name  # the kernel inherits both
+    os.environ["KD_FRESH_RUNS"] = "1" if fresh else "0"
     try:
         for name in names:
             src = root / name
@@ -55,8 +61,9 @@ def run_notebooks(profile: str | None = None, names: list[str] | None = None, ro
             print(f"[done] {name} in {wall:.0f} s", flush=True)
             records.append({"notebook": name, "status": "ok", "wall_time_s": round(wall, 1), "output": str(dst)})
     finally:
-        if old is None:
-            os.environ.pop("KD_PROFILE", None)
-        else:
-            os.environ["KD_PROFILE"] = old
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return records

@@ -26,7 +26,8 @@ from .models import build_model
 from .profiling import compare_models
 from .runtime import seed_everything, versions
 from .train_eval import EvalResult, evaluate, fit
-from .train_kd import HintonKD, cache_teacher_logits
+from .experiments import cache_teacher_logits
+from .train_kd import HintonKD
 
 # The seed's config.py, as defaults.
 SEED_CONFIG = {"batch_size": 128, "test_size": 0.1, "random_state": 42, "epochs": 10, "temperature": 5.0,

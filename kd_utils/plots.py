@@ -28,6 +28,10 @@ __all__ = [
     "plot_prediction_examples",
     "plot_curve",
     "plot_bar_table",
+    "plot_mean_std_bars",
+    "plot_reliability",
+    "plot_heatmaps",
+    "plot_soft_targets",
 ]
 
 # Short metric names map to the history column stem (train_<stem>, val_<stem>).
@@ -479,4 +483,137 @@ def plot_bar_table(
         ax.legend(title=hue, fontsize="small")
     if title:
         ax.set_title(title)
+    return _finish(fig, path)
+
+
+# --------------------------------------------------------------------------- research figures
+
+
+def plot_mean_std_bars(
+    table: Any,
+    ylabel: str = "test accuracy (%)",
+    scale: float = 100.0,
+    title: str | None = None,
+    reference: Mapping[str, float] | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Bars of ``table["mean"]`` with ``table["std"]`` error bars (one row per method, e.g. from
+    :func:`kd_utils.analysis.seed_table`), every seed's value drawn as a dot on its bar."""
+    if not hasattr(table, "columns") or not {"mean", "std"} <= set(table.columns):
+        raise ValueError("table must be a DataFrame with 'mean' and 'std' columns")
+    if len(table) == 0:
+        raise ValueError("table is empty")
+    names = [str(i) for i in table.index]
+    mean = table["mean"].to_numpy(float) * scale
+    std = np.nan_to_num(table["std"].to_numpy(float) * scale)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 4.0), layout="constrained")
+    x = np.arange(len(names))
+    bars = ax.bar(x, mean, yerr=std, capsize=4, color=_colors(len(names)), width=0.7)
+    ax.bar_label(bars, labels=[f"{m:.2f}±{s:.2f}" for m, s in zip(mean, std)], padding=3, fontsize="x-small")
+    if "per_seed" in table.columns:
+        for xi, seeds in zip(x, table["per_seed"]):
+            ax.scatter(np.full(len(seeds), xi), np.asarray(seeds, float) * scale, s=10, color="black", zorder=3)
+    if reference:
+        for k, v in reference.items():
+            if k in names:
+                ax.scatter([names.index(k)], [v * scale], marker="_", s=900, color="red", zorder=4)
+    lo = np.nanmin(mean - std)
+    hi = np.nanmax(mean + std)
+    pad = max(0.5, 0.15 * (hi - lo))
+    ax.set_ylim(lo - 2 * pad, hi + 2 * pad)
+    ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return _finish(fig, path)
+
+
+def plot_reliability(
+    bins: Mapping[str, Any],
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Reliability diagrams side by side: accuracy against mean confidence per bin for each model
+    (``bins`` maps a name to :func:`kd_utils.analysis.reliability_bins`); the diagonal is perfect
+    calibration, and the bar under each panel shows how many samples fall in each bin."""
+    _check_nonempty_mapping(bins, "bins")
+    fig, axes = plt.subplots(1, len(bins), figsize=(3.3 * len(bins), 3.6), layout="constrained", squeeze=False)
+    for ax, ((name, df), color) in zip(axes[0], zip(bins.items(), _colors(len(bins)))):
+        centers = (df["lo"] + df["hi"]) / 2
+        width = float((df["hi"] - df["lo"]).iloc[0])
+        ax.bar(centers, df["accuracy"].fillna(0), width=width * 0.95, color=color, alpha=0.8, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.plot(df["confidence"], df["accuracy"], "k.", ms=4)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_title(name, fontsize="medium")
+        share = df["count"] / df["count"].sum()
+        ax.text(0.03, 0.92, f"top bin holds {share.iloc[-1]:.0%}", transform=ax.transAxes, fontsize="x-small")
+    axes[0][0].set_ylabel("accuracy")
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def plot_heatmaps(
+    matrices: Mapping[str, Any],
+    labels: Sequence[str],
+    title: str | None = None,
+    fmt: str = "{:.2f}",
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Square matrices side by side (e.g. the teacher's class similarity beside a model-free one),
+    annotated when small."""
+    _check_nonempty_mapping(matrices, "matrices")
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.2), layout="constrained",
+                             squeeze=False)
+    for ax, (name, m) in zip(axes[0], matrices.items()):
+        m = _to_numpy(m, name).astype(float)
+        if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
+            raise ValueError(f"matrix {name!r} has shape {m.shape}, expected ({len(labels)}, {len(labels)})")
+        im = ax.imshow(m, cmap="viridis")
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="x-small")
+        ax.set_yticks(range(len(labels)), labels, fontsize="x-small")
+        ax.set_title(name, fontsize="medium")
+        if len(labels) <= 12:
+            for i in range(len(labels)):
+                for j in range(len(labels)):
+                    ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if m[i, j] < np.nanmean(m) else "black")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def plot_soft_targets(
+    images: Any,
+    probs: Mapping[float, Any],
+    classes: Sequence[str],
+    true_labels: Sequence[int],
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """One row per image: the image, then its softened distribution at each temperature (bars,
+    true class in red)."""
+    imgs = _to_numpy(images, "images")
+    n = imgs.shape[0]
+    temps = list(probs)
+    fig, axes = plt.subplots(n, 1 + len(temps), figsize=(2.2 + 2.6 * len(temps), 1.9 * n), layout="constrained",
+                             squeeze=False)
+    for i in range(n):
+        axes[i][0].imshow(_image_for_display(imgs[i]), cmap="gray" if imgs.shape[1] == 1 else None)
+        axes[i][0].set_axis_off()
+        axes[i][0].set_title(classes[int(true_labels[i])], fontsize="small")
+        for j, t in enumerate(temps):
+            p = _to_numpy(probs[t], f"probs[{t}]")[i]
+            colors = ["tab:red" if k == int(true_labels[i]) else "tab:blue" for k in range(len(classes))]
+            ax = axes[i][j + 1]
+            ax.bar(range(len(classes)), p, color=colors)
+            ax.set_ylim(0, 1)
+            ax.set_xticks(range(len(classes)), classes if i == n - 1 else [], rotation=90, fontsize=6)
+            ax.tick_params(axis="y", labelsize=6)
+            if i == 0:
+                ax.set_title(f"T = {t:g}", fontsize="small")
     return _finish(fig, path)

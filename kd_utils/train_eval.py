@@ -180,7 +180,8 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
 
 
 def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = None,
-        train_extras: Sequence[torch.Tensor] = (), checkpoint_path: str | Path | None = None,
+        train_extras: Sequence[torch.Tensor] = (), epoch_extras: Sequence[torch.Tensor] = (),
+        checkpoint_path: str | Path | None = None,
         state_path: str | Path | None = None, resume: bool = False, progress: bool = True,
         desc: str | None = None, restore_best: bool = True) -> FitResult:
     """Train ``model`` on ``data`` (a :class:`~kd_utils.data.DataBundle`) following ``cfg``.
@@ -193,6 +194,12 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     states, history) is written there atomically; with ``resume=True`` a run that was interrupted
     (Ctrl-C, SIGTERM, SIGKILL) continues from its last completed epoch and ends with the same
     numbers as an uninterrupted run. Returns a :class:`FitResult` with one history row per epoch.
+
+    ``train_extras``: per-sample tensors batched with the images (cached logits of an un-augmented
+    transfer set). ``epoch_extras``: tensors (epochs, N, ...) holding, for every epoch of the run's
+    augmentation plan, the outputs for the samples in the order that epoch visits them
+    (:func:`kd_utils.plans.teacher_outputs`); they are valid with augmentation because the loader
+    replays the same plan (``cfg.plan_seed``).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -202,6 +209,11 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     if train_extras and cfg.augment is not None:
         raise ValueError(f"train_extras (e.g. cached teacher logits) cannot be used with augment={cfg.augment!r}: "
                          "they would not match the augmented images")
+    n_train = len(data.y_train)
+    for e in epoch_extras:
+        if e.dim() < 2 or e.shape[0] < cfg.epochs or e.shape[1] != n_train:
+            raise ValueError(f"epoch_extras of shape {tuple(e.shape)} do not cover this run: need at least "
+                             f"({cfg.epochs}, {n_train}, ...) (epochs, training samples)")
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path (where the per-epoch training state is kept)")
     from . import distributed as D
@@ -215,14 +227,17 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
         if p is not None and main:
             check_writable(Path(p).parent, need_bytes=3 * sum(t.numel() * t.element_size()
                                                                for t in model.state_dict().values()))
+    if checkpoint_path is not None and main:  # what save_checkpoint would refuse, refused before the first batch
+        from .checkpoint import check_savable
+        check_savable(model, config=cfg.to_dict(), extra={"method": method.describe()})
     seed_everything(cfg.seed + rank)  # dropout and any other global randomness (its own stream per process)
 
     method.to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
-    train_loader = data.loader("train", batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+    train_loader = data.loader("train", batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.plan_seed,
                                device=device, extras=tuple(train_extras), channels_last=channels_last,
-                               rank=rank, world_size=world)
+                               rank=rank, world_size=world, epoch_extras=tuple(epoch_extras))
     step = method
     if world > 1:  # gradients of the student (and adapters) are averaged; the frozen teacher is left out
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -230,6 +245,8 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
             DDP._set_params_and_buffers_to_ignore_for_model(
                 method, [f"teacher.{k}" for k in method.teacher.state_dict()])
         step = DDP(method, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # forward + loss compiled, backward through AOTAutograd; wraps DDP, as torch advises
+        step = torch.compile(step)
     has_val = len(data.y_val) > 0
     clip_params = list(method.trainable_parameters())
     opt = make_optimizer(clip_params, cfg)
@@ -276,6 +293,7 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(clip_params, cfg.grad_clip)
             opt.step()
+            last_lr = opt.param_groups[0]["lr"]  # the rate this step used (logged; the schedule moves on)
             sched.step()
             if constrain is not None:
                 constrain()
@@ -297,7 +315,7 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                                    f"-{epoch * len(train_loader)}): {bad}; the best checkpoint (epoch "
                                    f"{best['epoch']}) and the last good training state were kept. "
                                    f"Try a lower lr (now {cfg.lr}).")
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
+        row = {"epoch": epoch, "lr": last_lr, "train_loss": terms.pop("loss"),
                **{f"train_{k}": v for k, v in terms.items()}, "train_acc": (correct / seen).item()}
         if has_val:
             val = evaluate(model, data, "val", device=device, precision=precision)

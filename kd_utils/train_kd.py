@@ -3,7 +3,8 @@
 A distiller is an ``nn.Module`` holding a student and (optionally) a frozen teacher. Its training
 forward takes a batch ``(x, y, *extras)`` and returns ``(student_logits, {"loss_ce": ..., ...})``;
 the trainer sums the dict and logs every term, so a new method never touches the trainer.
-``extras`` may carry cached teacher logits (see :func:`cache_teacher_logits`).
+``extras`` may carry cached teacher logits (:mod:`kd_utils.experiments` and :mod:`kd_utils.plans`).
+This module sits below the training loop: it imports nothing from ``train_eval``.
 """
 from __future__ import annotations
 
@@ -44,7 +45,11 @@ def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
 
 # -------------------------------------------------------------- distillers ----
 class Distiller(nn.Module):
-    """Base class: a student, a frozen teacher (or none), and any extra learnable parts."""
+    """Base class: a student, a frozen teacher (or none), and any extra learnable parts.
+
+    ``logits_only``: the method reads nothing of the teacher but its logits, so they may come from
+    a cache (the first of ``extras``) instead of a teacher forward pass."""
+    logits_only = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
@@ -72,7 +77,7 @@ class Distiller(nn.Module):
     def teacher_logits(self, x: torch.Tensor, cached: torch.Tensor | None = None) -> torch.Tensor:
         """Cached logits when given (un-augmented transfer set), else a fresh no-grad teacher pass."""
         if cached is not None:
-            return cached
+            return cached.float()  # caches store float16
         if self.teacher is None:
             raise ValueError(f"{type(self).__name__} needs a teacher or cached teacher logits")
         with torch.no_grad():
@@ -104,6 +109,7 @@ class SoftTargetDistiller(Distiller):
     """``alpha * soft_loss(student, teacher) + (1 - alpha) * CE``; subclasses define ``soft_loss``
     and the name of its term. alpha=1 is soft-only, alpha=0 hard-only."""
     term = "loss_soft"
+    logits_only = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, alpha: float = 0.9):
         if not 0 <= alpha <= 1:  # also rejects NaN
@@ -163,42 +169,3 @@ def build_distiller(method: str, student: nn.Module, teacher: nn.Module | None =
     if method == "ce":
         return Vanilla(student, **kwargs)
     return DISTILLERS[method](student, teacher, **kwargs)
-
-
-# ------------------------------------------------------------ teacher cache ----
-@torch.no_grad()
-def cache_teacher_logits(teacher: nn.Module, data, split: str = "train", batch_size: int = 1024,
-                         device: str | torch.device = "auto", precision: str = "auto") -> torch.Tensor:
-    """Teacher logits for every sample of an un-augmented split, in split order (float32, CPU).
-
-    This is the seed pipeline's DistillDataset idea: when the transfer set is not augmented the
-    teacher's outputs cannot change, so they are computed once. Pass the result as
-    ``extras=(logits,)`` to the loader (``fit(..., train_extras=(logits,))``).
-    """
-    from .train_eval import predict  # local import: train_eval imports this module's classes
-    logits, _ = predict(teacher, data.loader(split, batch_size=batch_size, shuffle=False), device=device,
-                        precision=precision)
-    return logits
-
-
-def distill(student: nn.Module, teacher: nn.Module, data, cfg, *, method: str = "kd", cache: bool | None = None,
-            **kwargs: Any):
-    """Distil ``teacher`` into ``student`` in one call; returns :class:`~kd_utils.train_eval.FitResult`.
-
-    ``kwargs`` go to the distiller (``temperature``, ``alpha``) or to ``fit`` (``progress``,
-    ``checkpoint_path``, ``desc``). ``cache=None`` caches teacher logits exactly when the training
-    data are not augmented; asking to cache with augmentation is an error (the logits would be stale).
-    """
-    from .train_eval import fit
-    fit_keys = {"progress", "checkpoint_path", "desc", "restore_best"}
-    fit_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_keys}
-    if cache is None:
-        cache = cfg.augment is None
-    if cache and cfg.augment is not None:
-        raise ValueError(f"cannot cache teacher logits with augment={cfg.augment!r}: augmented batches change "
-                         "every epoch, so cached logits would be stale; use cache=False")
-    distiller = build_distiller(method, student, teacher, **kwargs)
-    extras = ()
-    if cache:
-        extras = (cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision),)
-    return fit(student, data, cfg, method=distiller, train_extras=extras, **fit_kw)

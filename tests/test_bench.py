@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from kd_utils import bench
+from kd_utils.bench import accuracy, precision
+from kd_utils.bench.core import _loglog_slope
 from kd_utils.data import cache_path
 
 from conftest import make_bundle
@@ -71,7 +73,7 @@ def test_interleaved_times_alternates_order_and_keeps_durations_apart():
 
 def test_loglog_slope_recovers_a_power_law():
     xs = [1.0, 2.0, 4.0, 8.0]
-    slope, r2 = bench._loglog_slope(xs, [3 * x ** 1.5 for x in xs])
+    slope, r2 = _loglog_slope(xs, [3 * x ** 1.5 for x in xs])
     assert slope == pytest.approx(1.5) and r2 == pytest.approx(1.0)
 
 
@@ -178,7 +180,7 @@ def test_time_to_accuracy_figures_skip_when_not_measurable():
     b = bench.Bench(bench.QUICK, device="cpu")
     with pytest.raises(bench.SkipFigure, match="full mode"):
         bench.fig_time_to_99_mnist_kd(b)
-    with pytest.raises(bench.SkipFigure, match="not bounded"):
+    with pytest.raises(bench.SkipFigure, match="full mode"):
         bench.fig_time_to_85_cifar_vgg8(b)
 
 
@@ -206,3 +208,136 @@ def test_time_to_99_figure_is_consistent_on_toy_data(one_thread):
         assert fig.value == d["kd"]["seconds"] and fig.unit == "s" and d["ratio"] is None
     else:
         assert fig.value is None and d["ratio"] is None and "did not reach" in d["explanation"]
+
+
+# ------------------------------------------------- augmented distillation ----
+def _toy_cifar_bench(sizes=None, batches=2, **kw):
+    """A Bench over a learnable synthetic CIFAR-shaped set (``batches`` batches of 256), quiet, on the CPU."""
+    data = make_bundle(n_train=batches * 256, n_val=64, n_test=256, shape=(3, 32, 32))
+    return bench.Bench(sizes or bench.TINY, device="cpu", log=lambda m: None, preloaded={"cifar10": data}, **kw)
+
+
+def test_figure_modules_share_one_registry_and_package_exports():
+    from kd_utils.bench import registry, runner
+    assert bench.FIGURES is registry.FIGURES and runner.FIGURES is registry.FIGURES
+    assert {"kd_overhead_augmented_cached", "kd_speedup_augmented", "teacher_cache_build_s", "compile_speedup_vgg8",
+            "compile_speedup_vgg13", "time_to_85_cifar_vgg8"} <= set(bench.FIGURES)
+    assert all(fn.__doc__ for fn in bench.FIGURES.values())
+    assert set(bench.__all__) <= set(dir(bench))
+    assert bench.core.DEFAULT_MD.parent == bench.core.Path(__file__).resolve().parents[1]  # repository root
+
+
+def test_kd_overhead_augmented_cached_on_toy_data(one_thread):
+    b = _toy_cifar_bench()
+    fig = bench.fig_kd_overhead_augmented_cached(b)
+    d = fig.detail
+    assert fig.name == "kd_overhead_augmented_cached" and fig.target == 1.10 and fig.higher_is_better is False
+    assert fig.value == pytest.approx(d["kd_pass_s"] / d["ce_pass_s"]) and fig.value > 0
+    assert d["batches"] == bench.TINY.aug_batches and d["images"] == 512 and d["augment"] == "crop_flip"
+    assert d["precision"] == b.precision and d["cache_bytes"] == 512 * 10 * 2  # one epoch, 10 classes, fp16
+    assert all(len(v) == bench.TINY.repeats for v in d["times_s"].values())
+
+
+def test_kd_speedup_augmented_on_toy_data(one_thread):
+    fig = bench.fig_kd_speedup_augmented(_toy_cifar_bench(precision="fp32"))
+    d = fig.detail
+    assert fig.name == "kd_speedup_augmented" and fig.target is None and fig.met is None and fig.higher_is_better
+    assert fig.value == pytest.approx(d["online_pass_s"] / d["cached_pass_s"])
+    assert d["speedup_including_one_build"] == pytest.approx(
+        d["online_pass_s"] / (d["cached_pass_s"] + d["cache_build_s"]))
+    assert d["precision"] == "fp32"
+
+
+def test_teacher_cache_build_figure_scales_and_measures_fp16_storage(one_thread, monkeypatch):
+    monkeypatch.setattr(bench.core, "_trained_cifar_teacher", lambda: pytest.fail("tiny mode must not load it"))
+    sizes = dataclasses.replace(bench.TINY, aug_batches=1)  # 256 of the 512 training images
+    fig = bench.fig_teacher_cache_build_s(_toy_cifar_bench(sizes))
+    d = fig.detail
+    assert fig.name == "teacher_cache_build_s" and fig.unit == "s" and fig.target is None
+    assert d["images"] == 256 and d["train_split_images"] == 512
+    assert fig.value == pytest.approx(d["build_s_measured"] * 2)
+    assert d["cache_bytes_per_epoch_measured"] == 256 * 10 * 2 and d["cache_bytes_per_epoch_full_split"] == 512 * 10 * 2
+    store = d["fp16_storage_vs_fp32"]
+    # fp16 keeps 11 significant bits: rounding moves a logit by at most 2^-11 of its magnitude
+    assert 0 <= store["max_abs_logit_diff"] <= store["max_abs_logit"] * 2 ** -11
+    assert store["kd_loss_rel_diff"] < 1e-3 and store["argmax_changed_fraction"] <= 0.01
+    built = next(v for k, v in d.items() if k.startswith("cache_as_built_"))
+    assert set(built) == set(store) and built["argmax_changed_fraction"] <= 0.05
+
+
+def test_trained_teacher_is_only_loaded_never_trained(monkeypatch, tmp_path):
+    from kd_utils import teacher as T
+    bogus = tmp_path / "cifar10_vgg13_w0.5.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(T, "candidate_paths", lambda *a, **k: [tmp_path / "missing.pt", bogus])
+    monkeypatch.setattr(T, "cifar_teacher", lambda *a, **k: pytest.fail("would train a teacher"))
+    assert bench.core._trained_cifar_teacher() is None
+
+
+# ------------------------------------------------------------- compile ----
+class _Uncompiled(torch.nn.Module):
+    """Stands in for torch.compile's wrapper in the bookkeeping tests (real compilation: test_compile.py)."""
+
+    def __init__(self, module, fail=None):
+        super().__init__()
+        self.inner, self.fail = module, fail
+
+    def forward(self, *args):
+        if self.fail is not None:
+            raise self.fail
+        return self.inner(*args)
+
+
+def test_compile_figure_bookkeeping(one_thread, monkeypatch):
+    monkeypatch.setattr(precision, "_compile", lambda m: _Uncompiled(m))
+    fig = bench.fig_compile_speedup_vgg8(_toy_cifar_bench())
+    d = fig.detail
+    assert fig.name == "compile_speedup_vgg8" and fig.target is None and fig.higher_is_better
+    assert fig.value == pytest.approx(d["eager_step_s"] / d["compiled_step_s"])
+    assert d["compile_s"] == pytest.approx(max(0.0, d["first_compiled_step_s"] - d["compiled_step_s"]))
+    n = d["epoch_steps"]
+    assert n == 176 and d["speedup_over_one_epoch_including_compile"] == pytest.approx(
+        n * d["eager_step_s"] / (n * d["compiled_step_s"] + d["compile_s"]))
+    assert d["model"] == "vgg8 width 0.125" and set(d["times_s"]) == {"eager", "compiled"}
+
+
+def test_compile_figure_skips_when_compilation_fails_or_is_not_in_this_mode(one_thread, monkeypatch):
+    err = RuntimeError("InductorError: no working C++ compiler\nlong traceback ...")
+    monkeypatch.setattr(precision, "_compile", lambda m: _Uncompiled(m, fail=err))
+    with pytest.raises(bench.SkipFigure, match="torch.compile failed on this machine: RuntimeError: InductorError: "
+                                               "no working C\\+\\+ compiler$"):
+        bench.fig_compile_speedup_vgg13(_toy_cifar_bench())
+    with pytest.raises(bench.SkipFigure, match="full mode only"):
+        bench.fig_compile_speedup_vgg13(_toy_cifar_bench(bench.QUICK))
+
+
+# ------------------------------------------------------ time to 85% CIFAR ----
+def test_time_to_85_skips_without_a_trained_teacher(monkeypatch):
+    from kd_utils import teacher as T
+    monkeypatch.setattr(T, "candidate_paths", lambda *a, **k: [])
+    b = _toy_cifar_bench(dataclasses.replace(bench.TINY, time_to_85=True))
+    with pytest.raises(bench.SkipFigure, match="no trained CIFAR-10 teacher available"):
+        bench.fig_time_to_85_cifar_vgg8(b)
+
+
+def test_time_to_85_figure_is_consistent_on_toy_data(one_thread, monkeypatch, tmp_path):
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))  # the teacher outputs go to the cache, here a temporary one
+    toy_teacher = bench.core._model("vgg13", torch.device("cpu"), width=0.125)
+    monkeypatch.setattr(accuracy, "_cifar_teacher", lambda: toy_teacher)
+    # 2 epochs of 4 steps: OneCycleLR needs a warm-up phase of at least one step
+    b = _toy_cifar_bench(dataclasses.replace(bench.TINY, time_to_85=True, t85_epochs=2), batches=4)
+    fig = bench.fig_time_to_85_cifar_vgg8(b)
+    d = fig.detail
+    assert fig.name == "time_to_85_cifar_vgg8" and fig.target is None and fig.met is None
+    assert d["teacher"]["outputs_built_now"] and d["teacher"]["outputs_epochs"] == 2
+    assert d["teacher"]["outputs_bytes"] == 2 * 1024 * 10 * 2 and list(tmp_path.glob("*.pt"))
+    for arm in ("kd", "scratch"):
+        assert 1 <= len(d[arm]["curve"]) <= 2 and 0 <= d[arm]["best_test_acc"] <= 1
+    if d["kd"]["reached"]:
+        assert fig.value == d["kd"]["seconds"] and fig.unit == "s"
+    else:
+        assert fig.value == d["kd"]["best_test_acc"] and fig.unit == "test acc" and "did not reach" in d["explanation"]
+    if d["kd"]["reached"] and d["scratch"]["reached"]:
+        assert d["ratio"] == pytest.approx(d["kd"]["seconds"] / d["scratch"]["seconds"])
+    else:
+        assert d["ratio"] is None

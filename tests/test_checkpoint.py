@@ -74,6 +74,11 @@ def test_interrupted_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     assert [f.name for f in tmp_path.iterdir()] == ["m.pth"]  # no temp file left
 
 
-def test_model_without_arch_cannot_be_saved(tmp_path):
-    with pytest.raises(CheckpointError, match="build it with kd_utils.models.build_model"):
-        save_checkpoint(tmp_path / "x.pth", torch.nn.Linear(2, 2))
+def test_model_without_arch_is_saved_with_its_class_and_loads_into_an_instance(tmp_path):
+    m = torch.nn.Linear(2, 2)
+    p = save_checkpoint(tmp_path / "x.pth", m)
+    assert load_checkpoint(p)["module_class"] == "torch.nn.modules.linear:Linear"
+    with pytest.raises(CheckpointError, match=r"register_model.*load_weights\(Linear\(\.\.\.\)"):
+        load_model(p)
+    back = load_weights(torch.nn.Linear(2, 2), p)
+    assert torch.equal(back.weight, m.weight) and torch.equal(back.bias, m.bias)

@@ -123,7 +123,7 @@ def test_cli_cifar_seed_end_to_end(tmp_path):
 
 
 def test_precomputed_teacher_logits_give_the_same_runs():
-    from kd_utils.train_kd import cache_teacher_logits
+    from kd_utils.experiments import cache_teacher_logits
     data = get_data("mnist", train_subset=600, test_subset=100)
     torch.manual_seed(0)
     teacher = build_model("hinton_teacher")

@@ -8,7 +8,8 @@ import torch
 
 from kd_utils import HintonKD, LogitMatching, Vanilla, build_distiller, build_model, kd_loss
 from kd_utils.config import TrainConfig
-from kd_utils.train_kd import cache_teacher_logits, distill, logit_mse_loss
+from kd_utils.experiments import cache_teacher_logits, distill
+from kd_utils.train_kd import logit_mse_loss
 
 
 def kd_by_hand(s: torch.Tensor, t: torch.Tensor, T: float) -> float:
@@ -155,7 +156,7 @@ def test_cached_teacher_logits_equal_fresh_ones(toy_mnist):
             torch.testing.assert_close(teacher(x), c, rtol=1e-5, atol=1e-5)
 
 
-def test_distill_leaves_teacher_unchanged_and_refuses_stale_cache(toy_mnist):
+def test_distill_leaves_teacher_unchanged_and_caches_by_plan(toy_mnist, tmp_path):
     torch.manual_seed(0)
     teacher, student = build_model("mnist_cnn"), build_model("mnist_mlp")
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -164,5 +165,8 @@ def test_distill_leaves_teacher_unchanged_and_refuses_stale_cache(toy_mnist):
     assert {"train_loss_ce", "train_loss_kd"} <= set(res.history.columns)
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
-    with pytest.raises(ValueError, match="stale"):
-        distill(student, teacher, toy_mnist, cfg.replace(augment="jitter"), cache=True, progress=False)
+    res = distill(student, teacher, toy_mnist, cfg.replace(augment="jitter"), progress=False,
+                  temperature=4.0, cache_dir=tmp_path)
+    assert res.config["teacher_outputs"].startswith("plan cache built")
+    with pytest.raises(ValueError, match="cannot be cached"):
+        distill(student, teacher, toy_mnist, cfg.replace(augment="jitter"), method="ce", cache=True, progress=False)

@@ -43,16 +43,50 @@ DESCRIPTIONS = {
 }
 
 
+def register_model(name: str, constructor: Callable[..., nn.Module] | None = None, *, description: str | None = None,
+                   overwrite: bool = False):
+    """Add a model constructor to the registry :func:`build_model` reads.
+
+    As a decorator, ``@register_model("my_net")`` above a class or function; or called directly,
+    ``register_model("my_net", MyNet)``. The constructor takes keyword arguments (``num_classes``
+    at least, by convention) and returns an ``nn.Module``. Models built from it carry ``.arch``, so
+    checkpoints rebuild them with :func:`kd_utils.checkpoint.load_model`, and the command line can
+    name them (``python -m kd_utils --import mymodule ...``). Registering a taken name is an error
+    unless ``overwrite=True``.
+    """
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"model name must be a non-empty string of letters, digits, '_' or '-', got {name!r}")
+
+    def add(ctor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not callable(ctor):
+            raise TypeError(f"register_model({name!r}): constructor must be callable, got {type(ctor).__name__}")
+        if name in MODELS and not overwrite and MODELS[name] is not ctor:
+            raise ValueError(f"model name {name!r} is already registered ({DESCRIPTIONS.get(name, 'no description')}); "
+                             "choose another name or pass overwrite=True")
+        MODELS[name] = ctor
+        doc = (getattr(ctor, "__doc__", None) or "").strip().splitlines()
+        DESCRIPTIONS[name] = description or (doc[0] if doc else f"user model {getattr(ctor, '__qualname__', name)}")
+        return ctor
+
+    return add if constructor is None else add(constructor)
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model. Unknown names and bad arguments raise ``ValueError``."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))} "
+                         "(register your own with kd_utils.models.register_model)")
     try:
         model = MODELS[name](**kwargs)
     except TypeError as e:  # unexpected keyword: say which model rejected it
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
+    except Exception as e:
+        raise RuntimeError(f"the constructor of model {name!r} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the constructor of model {name!r} returned {type(model).__name__}, not an nn.Module")
     model.arch = {"name": name, "kwargs": dict(kwargs)}
     return model
 
 
-__all__ = ["build_model", "MODELS", "DESCRIPTIONS", "VGG", "MLP", "MnistCNN", "CifarResNet", "CifarCNN"]
+__all__ = ["build_model", "register_model", "MODELS", "DESCRIPTIONS", "VGG", "MLP", "MnistCNN", "CifarResNet",
+           "CifarCNN"]
