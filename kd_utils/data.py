@@ -276,8 +276,8 @@ def _find_client(client: str) -> list[str] | None:
     return [path] if path else None
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def _sha256_file(path: Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)

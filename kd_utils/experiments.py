@@ -181,8 +181,6 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     from .models import build_model
     from .runtime import seed_everything, versions
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    if method != "ce" and teacher is None:
-        raise ValueError(f"method {method!r} needs a teacher")
     spec = run_spec(student, data, cfg, method, method_kwargs, teacher if method != "ce" else None)
     key = spec_key(spec)
     folder = output_dirs(prof, root=root, create=False)["models"] / "runs" / f"{name}-{key[:12]}"
@@ -202,7 +200,11 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     seed_everything(cfg.seed)
     model = build_model(spec_model.pop("name"), num_classes=data.num_classes, **spec_model)
     t0 = time.perf_counter()
-    if method == "ce":
+    if method != "ce" and teacher is None:  # a teacher-free method (e.g. mutual learning in a cohort)
+        res = fit(model, data, cfg, progress=progress, desc=name,
+                  method=build_distiller(method, model, None, **method_kwargs))
+        res.config["teacher_outputs"] = "none"
+    elif method == "ce":
         if method_kwargs:
             raise ValueError(f"method 'ce' takes no arguments (label smoothing is TrainConfig.label_smoothing); "
                              f"got {sorted(method_kwargs)}")

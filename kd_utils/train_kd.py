@@ -162,6 +162,14 @@ class LogitMatching(SoftTargetDistiller):
 DISTILLERS: dict[str, type[Distiller]] = {"ce": Vanilla, "kd": HintonKD, "mse": LogitMatching}
 
 
+def _cohort_distiller(student, teacher=None, **kw):
+    from .ensemble import CohortDistiller
+    return CohortDistiller(student, teacher, **kw)
+
+
+DISTILLERS["cohort"] = _cohort_distiller
+
+
 def build_distiller(method: str, student: nn.Module, teacher: nn.Module | None = None, **kwargs: Any) -> Distiller:
     """``build_distiller("kd", student, teacher, temperature=4, alpha=0.9)``."""
     if method not in DISTILLERS:

@@ -10,7 +10,6 @@ cache as the registry data sets (:func:`kd_utils.data.load_raw`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import pickle
 import socket
@@ -47,7 +46,7 @@ class WebSource:
 
     def hint(self, downloads: Path) -> str:
         files = "; ".join(f"{f.filename} (md5 {f.md5}) from {f.url}" for f in self.files)
-        return f"To install it by hand, download {files} and put it in {downloads}/."
+        return f"To install it by hand, download {files} and put {'them' if len(self.files) > 1 else 'it'} in {downloads}/."
 
 
 class _Unreachable(Exception):
@@ -55,11 +54,8 @@ class _Unreachable(Exception):
 
 
 def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .data import _sha256_file
+    return _sha256_file(path, "md5")
 
 
 def _probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> None:

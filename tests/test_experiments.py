@@ -87,3 +87,19 @@ def test_run_seeds_and_table(toy_cifar, tmp_path):
     table = runs_table({"ce": runs})
     assert table.loc["ce", "n"] == 2
     assert table.loc["ce", "mean"] == sum(r.accuracy for r in runs) / 2
+
+
+def test_run_notebooks_sets_the_fresh_switch_for_the_kernel(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from kd_utils.notebooks import run_notebooks
+    nb = new_notebook(cells=[new_code_cell("import os; print('fresh=' + os.environ['KD_FRESH_RUNS'])")],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    seen = {}
+    for fresh in (None, True):
+        run_notebooks("smoke", ["probe.ipynb"], root=tmp_path, fresh=fresh)
+        out = nbformat.read(tmp_path / "results" / "smoke" / "executed" / "probe.ipynb", as_version=4)
+        seen[fresh] = out.cells[0].outputs[0]["text"].strip()
+    assert seen == {None: "fresh=0", True: "fresh=1"}  # smoke reuses by default; the cpu reference is fresh

@@ -30,6 +30,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cifar_resnet": CifarResNet,
     "cifar_cnn": CifarCNN,
 }
+
+
+def _cohort(**kw: Any) -> nn.Module:
+    from ..ensemble import build_cohort  # ensemble imports train_kd, which must not load before models
+    return build_cohort(**kw)
+
+
+MODELS["cohort"] = _cohort
 # One line a model, for listings and error messages.
 DESCRIPTIONS = {
     "mlp": "MLP with configurable hidden sizes (784 inputs)",
@@ -39,6 +47,7 @@ DESCRIPTIONS = {
     "hinton_student": "Hinton 2015 student 784-800-800-10, no regularisation",
     "cifar_resnet": "ResNet-style CIFAR teacher (3 stages of basic blocks)",
     "cifar_cnn": "compact CIFAR CNN student",
+    "cohort": "several students trained together (kd_utils.ensemble.Cohort); kwargs: members=[spec, ...]",
     **{d: f"CIFAR {d.upper()} with BatchNorm and width multiplier" for d in VGG_CONFIGS},
 }
 

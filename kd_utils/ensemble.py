@@ -1,0 +1,157 @@
+"""Several students at once: ensembles, students trained together in one loop, deep mutual learning,
+and multi-teacher distillation.
+
+- :class:`Ensemble` evaluates any list of models as one model (mean of logits, or mean of
+  probabilities returned as log-probabilities so ``argmax``/``softmax`` work as for logits). As a
+  teacher it is multi-teacher distillation: ``distill(student, Ensemble(teachers), ...)``.
+- :class:`Cohort` holds several students; :class:`CohortDistiller` trains them in one loop on
+  shared batches (and shared teacher outputs, cached or online). Each student's loss is
+  ``(1 - alpha) * CE + alpha * KD(teacher) + beta * mean_j KL(p_j || p_i)`` over its peers ``j``
+  (deep mutual learning, Zhang et al. 2018, with the peers' predictions detached: the simultaneous
+  update most implementations use). With ``beta = 0`` and plain SGD the students do not interact,
+  so training them together gives the same weights as training them one by one on the same batches.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .train_kd import Distiller, kd_loss
+
+COMBINE = ("logits", "probs")
+
+
+class Ensemble(nn.Module):
+    """Models evaluated as one: ``combine="logits"`` averages logits; ``"probs"`` averages softmax
+    probabilities and returns their log (a valid logit vector for the averaged distribution)."""
+
+    def __init__(self, models: Sequence[nn.Module], combine: str = "probs"):
+        super().__init__()
+        if len(models) == 0:
+            raise ValueError("an ensemble needs at least one model")
+        if combine not in COMBINE:
+            raise ValueError(f"unknown combine {combine!r}; allowed: {', '.join(COMBINE)}")
+        ks = {getattr(m, "num_classes", None) for m in models} - {None}
+        if len(ks) > 1:
+            raise ValueError(f"ensemble members predict different numbers of classes: {sorted(ks)}")
+        self.members = nn.ModuleList(models)
+        self.combine = combine
+        self.num_classes = ks.pop() if ks else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = torch.stack([m(x).float() for m in self.members])
+        if self.combine == "logits":
+            return outs.mean(0)
+        return torch.logsumexp(F.log_softmax(outs, dim=-1), dim=0) - torch.log(torch.tensor(float(len(outs))))
+
+
+class Cohort(nn.Module):
+    """Several students trained together; ``forward`` returns every student's logits stacked
+    (S, N, K) in training, and the ensemble's (mean probability) log-probabilities in eval mode, so
+    ``fit`` validates the ensemble."""
+
+    def __init__(self, students: Sequence[nn.Module]):
+        super().__init__()
+        if len(students) < 1:
+            raise ValueError("a cohort needs at least one student")
+        self.students = nn.ModuleList(students)
+        self.num_classes = getattr(students[0], "num_classes", None)
+
+    def all_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([s(x) for s in self.students])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.all_logits(x).float().mean(0)
+        return Ensemble(list(self.students), "probs")(x)
+
+
+def mutual_loss(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Deep mutual learning term summed over students: for each student i, the mean over peers j != i
+    of ``T^2 * KL(p_j^T || p_i^T)`` with the peers detached; ``logits`` is (S, N, K), S >= 2."""
+    s = logits.shape[0]
+    if s < 2:
+        raise ValueError("mutual learning needs at least two students")
+    total = logits.new_zeros((), dtype=torch.float32)
+    for i in range(s):
+        for j in range(s):
+            if i != j:
+                total = total + kd_loss(logits[i], logits[j].detach(), temperature) / (s - 1)
+    return total
+
+
+class CohortDistiller(Distiller):
+    """Train a :class:`Cohort` on shared batches: each student gets CE, optionally KD from the
+    teacher (cached outputs or an online teacher, shared by all students) and optionally the mutual
+    term. Loss terms are summed over students (so each student's gradient is its own loss's)."""
+
+    def __init__(self, cohort: Cohort, teacher: nn.Module | None = None, *, temperature: float = 4.0,
+                 alpha: float = 0.0, beta: float = 0.0, mutual_temperature: float = 1.0):
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if beta < 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if beta > 0 and len(cohort.students) < 2:
+            raise ValueError("mutual learning (beta > 0) needs at least two students")
+        super().__init__(cohort, teacher)
+        self.temperature, self.alpha, self.beta = float(temperature), float(alpha), float(beta)
+        self.mutual_temperature = float(mutual_temperature)
+
+    logits_only = True  # the teacher's logits are all it reads
+
+    def forward(self, x, y, *extras):
+        logits = self.student.all_logits(x)
+        s = logits.shape[0]
+        losses: dict[str, torch.Tensor] = {}
+        if self.alpha < 1:
+            losses["loss_ce"] = (1 - self.alpha) * sum(F.cross_entropy(logits[i].float(), y) for i in range(s))
+        if self.alpha > 0:
+            t = self.teacher_logits(x, extras[0] if extras else None)
+            losses["loss_kd"] = self.alpha * sum(kd_loss(logits[i], t, self.temperature) for i in range(s))
+        if self.beta > 0:
+            losses["loss_dml"] = self.beta * mutual_loss(logits.float(), self.mutual_temperature)
+        return logits.float().mean(0), losses
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": "CohortDistiller", "students": len(self.student.students), "temperature": self.temperature,
+                "alpha": self.alpha, "beta": self.beta, "mutual_temperature": self.mutual_temperature}
+
+
+def pairwise_disagreement(logits: Sequence[torch.Tensor]) -> float:
+    """Mean over model pairs of the fraction of samples on which their top-1 predictions differ."""
+    preds = [lg.argmax(1) for lg in logits]
+    pairs = [(preds[i] != preds[j]).float().mean().item() for i in range(len(preds)) for j in range(i + 1, len(preds))]
+    if not pairs:
+        raise ValueError("need at least two models")
+    return float(sum(pairs) / len(pairs))
+
+
+def ensemble_logits(logits: Sequence[torch.Tensor], combine: str = "probs") -> torch.Tensor:
+    """What :class:`Ensemble` computes, from precomputed logits of its members."""
+    outs = torch.stack([lg.float() for lg in logits])
+    if combine == "logits":
+        return outs.mean(0)
+    if combine != "probs":
+        raise ValueError(f"unknown combine {combine!r}; allowed: {', '.join(COMBINE)}")
+    return torch.logsumexp(F.log_softmax(outs, -1), 0) - torch.log(torch.tensor(float(len(outs))))
+
+
+def ensemble_curve(logits: Sequence[torch.Tensor], labels: torch.Tensor, combine: str = "probs") -> list[float]:
+    """Test accuracy of the ensemble of the first 1, 2, ..., k models."""
+    return [float((ensemble_logits(logits[:k], combine).argmax(1) == labels).float().mean())
+            for k in range(1, len(logits) + 1)]
+
+
+def build_cohort(members: Sequence[dict], num_classes: int = 10, **common: Any) -> Cohort:
+    """A :class:`Cohort` from model specs ``[{"name": "vgg8", "width": 0.25}, ...]`` (built in order,
+    so one seed gives every member its own, reproducible initialisation); registered as the model
+    ``"cohort"``, so cohorts checkpoint and reload like any model."""
+    from .models import build_model
+    students = []
+    for spec in members:
+        spec = dict(spec)
+        students.append(build_model(spec.pop("name"), num_classes=num_classes, **{**common, **spec}))
+    return Cohort(students)

@@ -1,0 +1,102 @@
+"""Ensembles, students trained together, mutual learning: against hand computations."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kd_utils import build_model
+from kd_utils.config import TrainConfig
+from kd_utils.ensemble import (Cohort, CohortDistiller, Ensemble, ensemble_curve, ensemble_logits, mutual_loss,
+                               pairwise_disagreement)
+from kd_utils.train_eval import fit
+from kd_utils.train_kd import HintonKD
+
+
+def _logits(s, n=16, k=5, seed=0):
+    return torch.randn(s, n, k, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+def test_ensemble_against_hand_computation():
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(4, 3) for _ in range(3)]
+    x = torch.randn(7, 4)
+    outs = [m(x) for m in models]
+    with torch.no_grad():
+        mean_p = sum(o.softmax(1) for o in outs) / 3
+        torch.testing.assert_close(Ensemble(models, "probs")(x).exp(), mean_p)
+        torch.testing.assert_close(Ensemble(models, "logits")(x), sum(outs) / 3)
+        torch.testing.assert_close(ensemble_logits(outs, "probs"), Ensemble(models)(x))
+    with pytest.raises(ValueError, match="unknown combine"):
+        Ensemble(models, "median")
+    with pytest.raises(ValueError, match="at least one"):
+        Ensemble([])
+
+
+def test_ensemble_curve_and_disagreement():
+    labels = torch.tensor([0, 1, 2, 0])
+    a = torch.eye(3)[[0, 1, 2, 1]] * 5   # 3 of 4 right
+    b = torch.eye(3)[[0, 1, 0, 0]] * 5   # 3 of 4 right, differs from a on samples 2 and 3
+    assert ensemble_curve([a, b], labels)[0] == 0.75
+    assert pairwise_disagreement([a, b]) == 0.5
+    assert pairwise_disagreement([a, a, b]) == pytest.approx((0 + 0.5 + 0.5) / 3)
+
+
+def test_mutual_loss_against_the_formula():
+    lg = _logits(3)
+    p = lg.softmax(-1)
+    expected = 0.0
+    for i in range(3):
+        for j in range(3):
+            if i != j:  # KL(p_j || p_i), batch mean, averaged over the two peers
+                expected += (p[j] * (p[j].log() - p[i].log())).sum(-1).mean() / 2
+    torch.testing.assert_close(mutual_loss(lg), expected)
+    z = lg.clone().requires_grad_(True)
+    mutual_loss(z).backward()
+    # peers are detached: student 0's gradient comes only from its own KL terms
+    z0 = lg[0].clone().requires_grad_(True)
+    own = sum((p[j] * (p[j].log() - z0.log_softmax(-1))).sum(-1).mean() / 2 for j in (1, 2))
+    own.backward()
+    torch.testing.assert_close(z.grad[0], z0.grad)
+    with pytest.raises(ValueError, match="at least two"):
+        mutual_loss(lg[:1])
+
+
+def test_students_trained_together_equal_students_trained_one_by_one(toy_cifar):
+    cfg = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.02, momentum=0.9, device="cpu",
+                      precision="fp32", augment="crop_flip", seed=0)
+    torch.manual_seed(5)
+    teacher = build_model("vgg8", width=0.125).eval()
+    inits = []
+    for s in range(3):
+        torch.manual_seed(100 + s)
+        inits.append(build_model("vgg8", width=0.125))
+    together = Cohort([_copy(m) for m in inits])
+    fit(together, toy_cifar, cfg, method=CohortDistiller(together, teacher, temperature=4.0, alpha=0.9),
+        progress=False, restore_best=False)
+    for s, init in enumerate(inits):
+        alone = _copy(init)
+        fit(alone, toy_cifar, cfg, method=HintonKD(alone, teacher, temperature=4.0, alpha=0.9), progress=False,
+            restore_best=False)
+        for (k, a), b in zip(alone.state_dict().items(), together.students[s].state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"student {s} {k}")
+
+
+def test_mutual_learning_changes_the_students(toy_cifar):
+    cfg = TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.02, device="cpu", precision="fp32", seed=0)
+    torch.manual_seed(0)
+    inits = [build_model("vgg8", width=0.125) for _ in range(2)]
+    runs = {}
+    for beta in (0.0, 1.0):
+        c = Cohort([_copy(m) for m in inits])
+        res = fit(c, toy_cifar, cfg, method=CohortDistiller(c, None, beta=beta), progress=False, restore_best=False)
+        runs[beta] = (c, res)
+    assert "train_loss_dml" in runs[1.0][1].history and "train_loss_dml" not in runs[0.0][1].history
+    a, b = runs[0.0][0].students[0].classifier.weight, runs[1.0][0].students[0].classifier.weight
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="at least two students"):
+        CohortDistiller(Cohort([inits[0]]), None, beta=1.0)
+
+
+def _copy(m):
+    import copy
+    return copy.deepcopy(m)
