@@ -145,10 +145,14 @@ def ensemble_curve(logits: Sequence[torch.Tensor], labels: torch.Tensor, combine
             for k in range(1, len(logits) + 1)]
 
 
-def build_cohort(members: Sequence[dict], num_classes: int = 10, **common: Any) -> Cohort:
+DEFAULT_MEMBERS = ({"name": "vgg8", "width": 0.25}, {"name": "vgg8", "width": 0.25})
+
+
+def build_cohort(members: Sequence[dict] = DEFAULT_MEMBERS, num_classes: int = 10, **common: Any) -> Cohort:
     """A :class:`Cohort` from model specs ``[{"name": "vgg8", "width": 0.25}, ...]`` (built in order,
     so one seed gives every member its own, reproducible initialisation); registered as the model
-    ``"cohort"``, so cohorts checkpoint and reload like any model."""
+    ``"cohort"``, so cohorts checkpoint and reload like any model. ``common`` keywords (e.g. ``width``)
+    apply to every member unless its spec sets them."""
     from .models import build_model
     students = []
     for spec in members:

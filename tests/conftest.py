@@ -35,3 +35,9 @@ def toy_mnist() -> DataBundle:
 @pytest.fixture
 def toy_cifar() -> DataBundle:
     return make_bundle(n_train=256, n_val=64, n_test=128, shape=(3, 32, 32))
+
+
+@pytest.fixture(autouse=True)
+def _private_teacher_cache(tmp_path_factory, monkeypatch):
+    """Tests never write teacher-output caches into the user's data folder."""
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "teacher_cache"))

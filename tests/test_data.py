@@ -115,10 +115,10 @@ def test_names_aliases_and_info():
 
 
 def test_unknown_name_lists_known_names(tmp_path):
-    with pytest.raises(ValueError, match="mnist, fashion_mnist, cifar10"):
-        D.dataset_info("svhn")
+    with pytest.raises(ValueError, match="mnist, fashion_mnist, cifar10, cifar100, cifar100_coarse, svhn"):
+        D.dataset_info("tinyimagenet")
     with pytest.raises(ValueError, match="known"):
-        D.load_raw("cifar100", root=tmp_path)
+        D.load_raw("stl10", root=tmp_path)
     with pytest.raises(ValueError, match="known"):
         D.get_data("imagenet", root=tmp_path)
     assert _files(tmp_path) == []

@@ -9,7 +9,7 @@ from kd_utils.profiling import count_parameters
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_builds_and_gives_logits(name):
-    shape = (3, 32, 32) if name.startswith(("vgg", "cifar")) else (1, 28, 28)
+    shape = (3, 32, 32) if name.startswith(("vgg", "cifar", "cohort")) else (1, 28, 28)
     kw = {"width": 0.125} if name.startswith("vgg") else {}
     m = build_model(name, num_classes=7, **kw)
     out = m(torch.randn(2, *shape))

@@ -89,6 +89,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         model = MODELS[name](**kwargs)
     except TypeError as e:  # unexpected keyword: say which model rejected it
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
+    except ValueError as e:  # a constructor's own argument check: keep its type and message
+        raise ValueError(f"model {name!r}: {e}") from None
     except Exception as e:
         raise RuntimeError(f"the constructor of model {name!r} failed: {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
