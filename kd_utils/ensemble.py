@@ -40,6 +40,9 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(models)
         self.combine = combine
         self.num_classes = ks.pop() if ks else None
+        # Take the members' mode (trained models are usually in eval): a later .train(self.training), as
+        # helpers do to restore a module's mode, must not flip eval-mode members into training mode.
+        self.training = all(m.training for m in models)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = torch.stack([m(x).float() for m in self.members])

@@ -100,3 +100,21 @@ def test_mutual_learning_changes_the_students(toy_cifar):
 def _copy(m):
     import copy
     return copy.deepcopy(m)
+
+
+def test_multi_teacher_distillation_uses_the_averaged_teachers(toy_cifar, tmp_path):
+    from kd_utils.experiments import distill
+    from kd_utils.plans import AugmentationPlan, teacher_outputs
+    torch.manual_seed(0)
+    teachers = [build_model("vgg8", width=0.125).eval() for _ in range(2)]
+    ens = Ensemble(teachers, "probs")
+    cfg = TrainConfig(epochs=1, batch_size=64, augment="crop", device="cpu", precision="fp32", seed=0)
+    outs = teacher_outputs(ens, toy_cifar, AugmentationPlan.of(cfg), cache_dir=tmp_path, device="cpu",
+                           precision="fp32", progress=False)
+    x, *_ = next(iter(AugmentationPlan.of(cfg).loader(toy_cifar)))
+    with torch.no_grad():
+        mean_p = sum(t(x).softmax(1) for t in teachers) / 2
+    torch.testing.assert_close(outs.logits[0, :len(x)].float().softmax(1), mean_p, rtol=2e-3, atol=2e-3)
+    student = build_model("vgg8", width=0.125)
+    res = distill(student, ens, toy_cifar, cfg, cache_dir=tmp_path, temperature=4.0, progress=False)
+    assert res.config["teacher_outputs"].startswith("plan cache read")  # the same plan: the cache built above
