@@ -45,10 +45,7 @@ class Ensemble(nn.Module):
         self.training = all(m.training for m in models)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = torch.stack([m(x).float() for m in self.members])
-        if self.combine == "logits":
-            return outs.mean(0)
-        return torch.logsumexp(F.log_softmax(outs, dim=-1), dim=0) - torch.log(torch.tensor(float(len(outs))))
+        return ensemble_logits([m(x) for m in self.members], self.combine)
 
 
 class Cohort(nn.Module):
