@@ -144,3 +144,36 @@ def test_fit_rejects_epoch_extras_that_do_not_cover_the_run(toy_cifar):
     short = torch.zeros(2, len(toy_cifar.y_train), 10)
     with pytest.raises(ValueError, match=r"do not cover this run"):
         fit(student, toy_cifar, cfg, method=HintonKD(student, None), epoch_extras=(short,), progress=False)
+
+
+def test_resume_with_cached_plan_outputs_ends_like_an_uninterrupted_run(toy_cifar, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=64, augment="crop_flip", optimizer="sgd", lr=0.02, device="cpu",
+                      precision="fp32", seed=0)
+    teacher = _teacher()
+    outs = teacher_outputs(teacher, toy_cifar, AugmentationPlan.of(cfg), cache_dir=tmp_path, device="cpu",
+                           precision="fp32", progress=False)
+
+    def run(state_path=None, stop_after_batches=None, resume=False):
+        torch.manual_seed(0)
+        student = build_model("vgg8", width=0.125)
+        seen = {"n": 0}
+
+        def hook(module, *_):
+            seen["n"] += module.training  # training batches only
+            if stop_after_batches is not None and seen["n"] > stop_after_batches:
+                raise KeyboardInterrupt  # interrupted in epoch 2, after epoch 1's state was saved
+        h = student.register_forward_hook(hook)
+        try:
+            fit(student, toy_cifar, cfg, method=HintonKD(student, None, temperature=4.0), epoch_extras=(outs.logits,),
+                state_path=state_path, resume=resume, progress=False, restore_best=False)
+        finally:
+            h.remove()
+        return student
+
+    full = run()
+    batches_per_epoch = -(-len(toy_cifar.y_train) // 64)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "state.pt", stop_after_batches=batches_per_epoch + 2)  # third batch of epoch 2
+    resumed = run(tmp_path / "state.pt", resume=True)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
