@@ -66,7 +66,7 @@ class Cohort(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.all_logits(x).float().mean(0)
-        return Ensemble(list(self.students), "probs")(x)
+        return ensemble_logits([s(x) for s in self.students], "probs")
 
 
 def mutual_loss(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import CheckpointError, _plain, load_checkpoint, load_weights, save_checkpoint
 from .config import Profile, get_profile, output_dirs
 from .models import build_model
 
@@ -127,8 +127,3 @@ def train_cifar_teacher(profile: str | Profile | None, path: str | os.PathLike, 
                              "precision_used": res.config["precision_used"], "profile": prof.name},
                     extra={"teacher_spec": _plain(spec), "history": history})
     return Path(path)
-
-
-def _plain(obj: Any) -> Any:
-    from .checkpoint import _plain as plain
-    return plain(obj)
