@@ -129,6 +129,15 @@ def pairwise_disagreement(logits: Sequence[torch.Tensor]) -> float:
     return float(sum(pairs) / len(pairs))
 
 
+def pairwise_kl(logits: Sequence[torch.Tensor]) -> float:
+    """Mean over ordered model pairs (i, j), i != j, of KL(p_i || p_j) in nats (T = 1), averaged over samples."""
+    from .metrics import kl_divergence
+    pairs = [kl_divergence(logits[i], logits[j]) for i in range(len(logits)) for j in range(len(logits)) if i != j]
+    if not pairs:
+        raise ValueError("need at least two models")
+    return float(sum(pairs) / len(pairs))
+
+
 def ensemble_logits(logits: Sequence[torch.Tensor], combine: str = "probs") -> torch.Tensor:
     """What :class:`Ensemble` computes, from precomputed logits of its members."""
     outs = torch.stack([lg.float() for lg in logits])
@@ -139,10 +148,26 @@ def ensemble_logits(logits: Sequence[torch.Tensor], combine: str = "probs") -> t
     return torch.logsumexp(F.log_softmax(outs, -1), 0) - torch.log(torch.tensor(float(len(outs))))
 
 
-def ensemble_curve(logits: Sequence[torch.Tensor], labels: torch.Tensor, combine: str = "probs") -> list[float]:
-    """Test accuracy of the ensemble of the first 1, 2, ..., k models."""
-    return [float((ensemble_logits(logits[:k], combine).argmax(1) == labels).float().mean())
-            for k in range(1, len(logits) + 1)]
+def ensemble_curve(logits: Sequence[torch.Tensor], labels: torch.Tensor, combine: str = "probs",
+                   subsets: bool = False) -> list[float]:
+    """Test accuracy of the ensemble of the first 1, 2, ..., k models; with ``subsets=True`` the
+    mean accuracy over every subset of each size instead (independent of the members' order)."""
+    from itertools import combinations
+    acc = lambda idx: float((ensemble_logits([logits[i] for i in idx], combine).argmax(1) == labels).float().mean())
+    n = len(logits)
+    if not subsets:
+        return [acc(range(k)) for k in range(1, n + 1)]
+    out = []
+    for k in range(1, n + 1):
+        vals = [acc(c) for c in combinations(range(n), k)]
+        out.append(sum(vals) / len(vals))
+    return out
+
+
+def disagreement_matrix(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(M, M) fraction of samples on which models i and j differ in their top-1 prediction."""
+    preds = torch.stack([lg.argmax(1) for lg in logits])
+    return (preds[:, None, :] != preds[None, :, :]).float().mean(-1)
 
 
 DEFAULT_MEMBERS = ({"name": "vgg8", "width": 0.25}, {"name": "vgg8", "width": 0.25})

@@ -6,8 +6,8 @@ import torch
 
 from kd_utils import build_model
 from kd_utils.config import TrainConfig
-from kd_utils.ensemble import (Cohort, CohortDistiller, Ensemble, ensemble_curve, ensemble_logits, mutual_loss,
-                               pairwise_disagreement)
+from kd_utils.ensemble import (Cohort, CohortDistiller, Ensemble, disagreement_matrix, ensemble_curve, ensemble_logits, mutual_loss,
+                               pairwise_disagreement, pairwise_kl)
 from kd_utils.train_eval import fit
 from kd_utils.train_kd import HintonKD
 
@@ -39,6 +39,25 @@ def test_ensemble_curve_and_disagreement():
     assert ensemble_curve([a, b], labels)[0] == 0.75
     assert pairwise_disagreement([a, b]) == 0.5
     assert pairwise_disagreement([a, a, b]) == pytest.approx((0 + 0.5 + 0.5) / 3)
+    torch.testing.assert_close(disagreement_matrix([a, a, b]), torch.tensor([[0, 0, .5], [0, 0, .5], [.5, .5, 0]]))
+    c = torch.eye(3)[[2, 2, 2, 2]] * 5   # 1 of 4 right
+    # subsets of size 1: mean of the single accuracies; size 3: the whole ensemble
+    curve = ensemble_curve([a, b, c], labels, subsets=True)
+    assert curve[0] == pytest.approx((0.75 + 0.75 + 0.25) / 3)
+    assert curve[2] == ensemble_curve([a, b, c], labels)[2]
+    pair = [ensemble_curve([a, b], labels)[1], ensemble_curve([a, c], labels)[1], ensemble_curve([b, c], labels)[1]]
+    assert curve[1] == pytest.approx(sum(pair) / 3)
+
+
+def test_pairwise_kl_against_hand_computation():
+    lg = _logits(3, seed=1).double()
+    p = lg.softmax(-1)
+    kl = lambda a, b: float((p[a] * (p[a].log() - p[b].log())).sum(-1).mean())
+    expected = sum(kl(i, j) for i in range(3) for j in range(3) if i != j) / 6
+    assert pairwise_kl(list(lg)) == pytest.approx(expected, rel=1e-9)
+    assert pairwise_kl([lg[0], lg[0]]) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="at least two"):
+        pairwise_kl([lg[0]])
 
 
 def test_mutual_loss_against_the_formula():
