@@ -141,3 +141,11 @@ def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 1
         return pd.DataFrame({"lo": np.arange(n_bins) / n_bins, "hi": np.arange(1, n_bins + 1) / n_bins,
                              "count": count.numpy().astype(int), "confidence": (s_conf / count).numpy(),
                              "accuracy": (s_acc / count).numpy()})
+
+
+def pca_2d(features: torch.Tensor) -> torch.Tensor:
+    """Projection of (N, D) features on their first two principal components (centred, SVD), (N, 2)."""
+    x = features.reshape(len(features), -1).double()
+    x = x - x.mean(0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    return (x @ v[:2].T).float()

@@ -66,22 +66,31 @@ def distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, m
     fit_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_keys}
     distiller = build_distiller(method, student, teacher, **kwargs)
     logits_only = getattr(distiller, "logits_only", False)
+    embed_layer = getattr(distiller, "cached_layer", None)  # feature methods on one pooled teacher layer
     if cache is None:
-        cache = logits_only
-    if cache and not logits_only:
+        cache = logits_only or embed_layer is not None
+    if cache and not (logits_only or embed_layer is not None):
         raise ValueError(f"method {method!r} needs more than the teacher's logits, so its outputs cannot be "
                          "cached; use cache=False")
+    t0 = time.perf_counter()
+    prepare = getattr(distiller, "prepare", None)  # a first stage (e.g. FitNets hint training)
+    if prepare is not None:
+        prepare(data, cfg, progress=fit_kw.get("progress", True))
+    stage1_s = time.perf_counter() - t0
     train_extras, epoch_extras, source = (), (), "online teacher"
-    if cache and cfg.augment is None:
+    if cache and cfg.augment is None and embed_layer is None:
         train_extras = (cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision),)
         source = "cached logits (un-augmented transfer set)"
     elif cache:
-        outs = teacher_outputs(teacher, data, AugmentationPlan.of(cfg), cache_dir=cache_dir, device=cfg.device,
-                               precision=cfg.precision, progress=fit_kw.get("progress", True))
-        epoch_extras = (outs.logits,)
+        outs = teacher_outputs(teacher, data, AugmentationPlan.of(cfg), embed_layer=embed_layer, cache_dir=cache_dir,
+                               device=cfg.device, precision=cfg.precision, progress=fit_kw.get("progress", True))
+        epoch_extras = (outs.logits,) if embed_layer is None else (outs.logits, outs.embedding)
         source = f"plan cache {'built' if outs.built else 'read'}: {outs.path.name}"
     res = fit(student, data, cfg, method=distiller, train_extras=train_extras, epoch_extras=epoch_extras, **fit_kw)
     res.config["teacher_outputs"] = source
+    res.config["extra_parameters"] = int(getattr(distiller, "extra_parameters", 0))
+    if prepare is not None:
+        res.config["stage1_time_s"] = stage1_s
     return res
 
 
@@ -216,7 +225,8 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     m = {**test_metrics(model, data, teacher, cfg.device, cfg.precision), "best_epoch": res.best_epoch,
          "best_val_acc": res.best_val_acc, "train_time_s": res.wall_time_s, "wall_time_s": wall,
          "epoch_time_s": float(res.history["time_s"].mean()), "precision": res.config["precision_used"],
-         "teacher_outputs": res.config["teacher_outputs"]}
+         "teacher_outputs": res.config["teacher_outputs"], "extra_parameters": res.config.get("extra_parameters", 0),
+         "stage1_time_s": res.config.get("stage1_time_s", 0.0)}
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "model.pt", model, config=cfg.to_dict(), seed=cfg.seed, metrics=m,
                     extra={"run": name, "key": key})

@@ -1,17 +1,28 @@
-"""Intermediate features through forward hooks, addressed by dotted module path (as torchdistill does).
+"""Feature distillation: intermediate features through forward hooks, and the methods that match them.
+
+Features are read by dotted module path (as torchdistill does).
 
     with FeatureHooks(model, ["stage3", "stage4"]) as feats:
         logits = model(x)
         f3 = feats.pop()["stage3"]
 
 Models need no special ``forward``; unknown layer names are rejected with the list of valid ones.
+
+Methods (distillers returning their loss terms by name, like :mod:`kd_utils.train_kd`): FitNets hints
+(single stage, and the two-stage recipe), attention transfer, cosine matching of pooled features, and
+PKT (probabilistic knowledge transfer) as the relational method; each can be mixed with Hinton KD
+(``alpha``). ``linear_cka`` compares representations layer by layer.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from typing import Any, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from .train_kd import Distiller, HintonKD, kd_loss
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -23,7 +34,7 @@ class FeatureHooks:
     """Collect the outputs of named modules on every forward pass; ``pop()`` hands them over and
     empties the store. Hooks are removed by ``close()`` or on leaving a ``with`` block."""
 
-    def __init__(self, model: nn.Module, names: Iterable[str]):
+    def __init__(self, model: nn.Module, names: Iterable[str], stop_when_complete: bool = False):
         names = list(names)
         if not names:
             raise ValueError("give at least one layer name")
@@ -34,12 +45,15 @@ class FeatureHooks:
             shown = ", ".join(known[:40]) + (" ..." if len(known) > 40 else "")
             raise ValueError(f"{type(model).__name__} has no layer(s) {missing}; known layers: {shown}")
         self.names = names
+        self.stop_when_complete = stop_when_complete  # raise _Enough once all are captured (no-grad passes)
         self._store: dict[str, torch.Tensor] = {}
         self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs, output) -> None:
             self._store[name] = output
+            if self.stop_when_complete and len(self._store) == len(self.names):
+                raise _Enough
         return hook
 
     def pop(self) -> dict[str, torch.Tensor]:
@@ -60,3 +74,375 @@ class FeatureHooks:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Enough(Exception):
+    """Raised by a hook once every requested feature is captured, to skip the rest of a no-grad pass."""
+
+
+def capture(model: nn.Module, x: torch.Tensor, names: Sequence[str], full: bool = True
+            ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Run ``model(x)`` and return ``(output, {name: feature})``. With ``full=False`` the pass stops
+    as soon as the last requested layer has run (output ``None``): a teacher whose logits are not
+    needed costs only the layers up to the deepest hint."""
+    with FeatureHooks(model, names, stop_when_complete=not full) as hooks:
+        try:
+            out = model(x)
+        except _Enough:
+            out = None
+        return out, hooks.pop()
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape[1:])
+
+
+def pooled(f: torch.Tensor) -> torch.Tensor:
+    """Global average over every axis after the channels: (N, C, ...) -> (N, C)."""
+    return f.float().mean(dim=tuple(range(2, f.dim()))) if f.dim() > 2 else f.float()
+
+
+# ------------------------------------------------------------------ losses ----
+def hint_loss(student_regressed: torch.Tensor, teacher_hint: torch.Tensor) -> torch.Tensor:
+    """FitNets (Romero et al. 2015): mean squared error between the regressed student feature and the
+    teacher's hint, averaged over every element."""
+    if student_regressed.shape != teacher_hint.shape:
+        raise ValueError(f"regressed student feature {tuple(student_regressed.shape)} does not match the teacher "
+                         f"hint {tuple(teacher_hint.shape)}")
+    return F.mse_loss(student_regressed.float(), teacher_hint.float())
+
+
+def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Spatial attention of a (N, C, H, W) feature (Zagoruyko & Komodakis 2017): the channel mean of
+    ``|f|^p``, flattened to (N, H*W) and L2-normalised per sample."""
+    if f.dim() != 4:
+        raise ValueError(f"attention maps need (N, C, H, W) features, got shape {tuple(f.shape)}")
+    return F.normalize(f.float().abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+def attention_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor],
+                   p: float = 2.0) -> torch.Tensor:
+    """Sum over layer pairs of the mean squared difference of normalised attention maps. Channel counts
+    may differ; spatial sizes must match."""
+    total = None
+    for fs, ft in zip(student_feats, teacher_feats, strict=True):
+        if fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
+            raise ValueError(f"attention transfer needs equal spatial sizes: student feature {tuple(fs.shape)}, "
+                             f"teacher feature {tuple(ft.shape)}")
+        term = (attention_map(fs, p) - attention_map(ft, p)).pow(2).mean()
+        total = term if total is None else total + term
+    return total
+
+
+def cosine_loss(student_vec: torch.Tensor, teacher_vec: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(s, t)`` averaged over the batch, for (N, D) vectors of equal size."""
+    if student_vec.shape != teacher_vec.shape:
+        raise ValueError(f"student vectors {tuple(student_vec.shape)} and teacher vectors {tuple(teacher_vec.shape)} "
+                         "differ in shape (project the student first)")
+    return (1 - F.cosine_similarity(student_vec.float(), teacher_vec.float(), dim=1)).mean()
+
+
+def pkt_loss(student_vec: torch.Tensor, teacher_vec: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas 2018). Within the batch, each sample's
+    conditional distribution over the batch, ``P(j | i) ∝ (1 + cos(v_i, v_j)) / 2``, is computed for
+    teacher and student; the loss is the mean over all (i, j) of ``p_t log(p_t / p_s)`` (the mean
+    per-sample KL divided by the batch size). The dimensions of the two sides may differ: no
+    projection is needed, only the geometry of the batch is matched."""
+    if student_vec.dim() != 2 or teacher_vec.dim() != 2 or student_vec.shape[0] != teacher_vec.shape[0]:
+        raise ValueError(f"PKT needs (N, D) vectors for the same N samples, got student {tuple(student_vec.shape)} "
+                         f"and teacher {tuple(teacher_vec.shape)}")
+
+    def conditional(v: torch.Tensor) -> torch.Tensor:
+        v = F.normalize(v.float(), dim=1)
+        k = (v @ v.T + 1) / 2
+        return k / k.sum(1, keepdim=True)
+
+    p_s, p_t = conditional(student_vec), conditional(teacher_vec)
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear centred kernel alignment (Kornblith et al. 2019) between two representations of the
+    same N samples, (N, ...) each, flattened per sample: ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``,
+    computed through the N x N Gram matrices (cheap when features are wider than N)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA needs the same samples on both sides: {x.shape[0]} vs {y.shape[0]}")
+    x = x.reshape(len(x), -1).double()
+    y = y.reshape(len(y), -1).double()
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    kx, ky = x @ x.T, y @ y.T
+    return float((kx * ky).sum() / (kx.norm() * ky.norm()))
+
+
+# -------------------------------------------------------------- distillers ----
+class FeatureDistiller(Distiller):
+    """``(1 - alpha) * CE + alpha * KD(T) + beta * feature_loss``: a feature method alone (alpha = 0,
+    CE weight 1, as RepDistiller trains them) or combined with Hinton KD (alpha = 0.9 as in Task 1),
+    all weights in one place. Subclasses name the layers, build adapters from the probed feature
+    shapes, and define ``feature_loss``. Adapters (regressors, projections) are parameters of the
+    distiller, trained with the student and not part of it (``extra_parameters``).
+
+    ``cached_layer``: when a method reads only the teacher's logits and one globally pooled layer,
+    that layer's name; :func:`kd_utils.experiments.distill` then serves both from the plan cache and
+    passes them as ``extras = (logits, embedding)`` instead of running the teacher.
+    """
+    term = "loss_feat"
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+    cached_layer: str | None = None
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float, alpha: float = 0.0,
+                 temperature: float = 4.0, student_layers: Sequence[str] | None = None,
+                 teacher_layers: Sequence[str] | None = None, input_shape: Sequence[int] = (3, 32, 32)):
+        if teacher is None:
+            raise ValueError(f"{type(self).__name__} needs the teacher network (its layers define the targets)")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta (feature loss weight) must be a finite number >= 0, got {beta}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        super().__init__(student, teacher)
+        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+        self.s_layers = tuple(student_layers or self.student_layers)
+        self.t_layers = tuple(teacher_layers or self.teacher_layers)
+        if len(self.s_layers) != len(self.t_layers) or not self.s_layers:
+            raise ValueError(f"give as many student layers as teacher layers (at least one): {list(self.s_layers)} "
+                             f"vs {list(self.t_layers)}")
+        s_shapes, t_shapes = probe_shapes(student, self.s_layers, input_shape), probe_shapes(teacher, self.t_layers, input_shape)
+        self.adapters = self.make_adapters(s_shapes, t_shapes)
+
+    # -- to override
+    def make_adapters(self, s_shapes: list[tuple[int, ...]], t_shapes: list[tuple[int, ...]]) -> nn.ModuleList:
+        return nn.ModuleList()
+
+    def feature_loss(self, s_feats: list[torch.Tensor], t_feats: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --
+    @property
+    def extra_parameters(self) -> int:
+        """Parameters the method trains besides the student (dropped from the deployed student)."""
+        return sum(p.numel() for p in self.adapters.parameters())
+
+    @property
+    def uses_cache(self) -> bool:
+        return self.cached_layer is not None
+
+    def teacher_features(self, x: torch.Tensor, extras: tuple[torch.Tensor, ...]
+                         ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        if self.cached_layer is not None and len(extras) >= 2:
+            return extras[0].float(), [extras[1].float()]
+        need_logits = self.alpha > 0 and not extras
+        with torch.no_grad():
+            out, feats = capture(self.teacher, x, self.t_layers, full=need_logits)
+        t_logits = extras[0].float() if extras else out
+        return t_logits, [feats[n] for n in self.t_layers]
+
+    def forward(self, x, y, *extras):
+        logits, s = capture(self.student, x, self.s_layers)
+        t_logits, t_feats = self.teacher_features(x, extras)
+        losses = {}
+        if self.alpha < 1:
+            losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
+        if self.alpha > 0:
+            losses["loss_kd"] = self.alpha * kd_loss(logits, t_logits, self.temperature)
+        if self.beta > 0:
+            losses[self.term] = self.beta * self.feature_loss([s[n] for n in self.s_layers], t_feats)
+        return logits, losses
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": type(self).__name__, "alpha": self.alpha, "beta": self.beta, "temperature": self.temperature,
+                "student_layers": list(self.s_layers), "teacher_layers": list(self.t_layers),
+                "extra_parameters": self.extra_parameters}
+
+
+@torch.no_grad()
+def probe_shapes(model: nn.Module, names: Sequence[str], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """Per-sample output shapes of the named layers, from one eval-mode pass on zeros (BatchNorm
+    statistics are untouched)."""
+    was_training = model.training
+    p = next(model.parameters(), None)
+    x = torch.zeros(2, *input_shape, device=p.device if p is not None else "cpu")
+    try:
+        model.eval()
+        _, feats = capture(model, x, names, full=False)
+    finally:
+        model.train(was_training)
+    return [_shape(feats[n]) for n in names]
+
+
+class FitNets(FeatureDistiller):
+    """Hints (Romero et al. 2015), single stage: a regressor (3x3 conv + BatchNorm + ReLU, as the
+    teacher's hint is a post-ReLU map) maps the student's guided layer onto the teacher's hint layer;
+    loss ``beta * MSE``. Default layers: the middle stage of both VGGs (``stage3``)."""
+    term = "loss_hint"
+    student_layers = ("stage3",)
+    teacher_layers = ("stage3",)
+
+    def __init__(self, student, teacher, *, beta: float = 100.0, **kw):
+        super().__init__(student, teacher, beta=beta, **kw)
+
+    def make_adapters(self, s_shapes, t_shapes):
+        (s,), (t,) = s_shapes, t_shapes
+        if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
+            raise ValueError(f"FitNets hint: student layer {self.s_layers[0]!r} has shape {s} and teacher layer "
+                             f"{self.t_layers[0]!r} has shape {t}; the conv regressor needs (C, H, W) maps with equal "
+                             "H and W")
+        return nn.ModuleList([nn.Sequential(nn.Conv2d(s[0], t[0], 3, padding=1, bias=False), nn.BatchNorm2d(t[0]),
+                                            nn.ReLU())])
+
+    def feature_loss(self, s_feats, t_feats):
+        return hint_loss(self.adapters[0](s_feats[0]), t_feats[0])
+
+
+class HintStage(FitNets):
+    """Stage 1 of the two-stage FitNets recipe: the hint loss alone (no labels, no KD); only the
+    student's layers up to the guided layer, and the regressor, receive gradients."""
+
+    def __init__(self, student, teacher, *, beta: float = 1.0, **kw):
+        super().__init__(student, teacher, beta=beta, alpha=0.0, **kw)
+
+    def forward(self, x, y, *extras):
+        logits, s = capture(self.student, x, self.s_layers)
+        _, t_feats = self.teacher_features(x, ())
+        return logits, {self.term: self.beta * self.feature_loss([s[self.s_layers[0]]], t_feats)}
+
+
+class AttentionTransfer(FeatureDistiller):
+    """Attention transfer (Zagoruyko & Komodakis 2017): ``beta`` (1000, as RepDistiller) times the sum
+    over stages 1-4 of the mean squared difference of normalised spatial attention maps. No extra
+    parameters; channel counts may differ, spatial sizes must match."""
+    term = "loss_at"
+    student_layers = ("stage1", "stage2", "stage3", "stage4")
+    teacher_layers = ("stage1", "stage2", "stage3", "stage4")
+
+    def __init__(self, student, teacher, *, beta: float = 1000.0, p: float = 2.0, **kw):
+        self.p = float(p)
+        super().__init__(student, teacher, beta=beta, **kw)
+
+    def make_adapters(self, s_shapes, t_shapes):
+        for n_s, n_t, s, t in zip(self.s_layers, self.t_layers, s_shapes, t_shapes):
+            if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
+                raise ValueError(f"attention transfer: student layer {n_s!r} has shape {s} and teacher layer {n_t!r} "
+                                 f"has shape {t}; both must be (C, H, W) with equal H and W")
+        return nn.ModuleList()
+
+    def feature_loss(self, s_feats, t_feats):
+        return attention_loss(s_feats, t_feats, self.p)
+
+
+class _PooledDistiller(FeatureDistiller):
+    """Methods on the globally pooled output of the last stage (the penultimate representation):
+    the teacher side is one vector per sample, so it can come from the plan cache."""
+    student_layers = ("stage5",)
+    teacher_layers = ("stage5",)
+    cached_layer = "stage5"
+
+    def __init__(self, student, teacher, **kw):
+        super().__init__(student, teacher, **kw)
+        self.cached_layer = self.t_layers[0]
+
+    def teacher_features(self, x, extras):
+        t_logits, (t,) = super().teacher_features(x, extras)
+        return t_logits, [pooled(t)]
+
+
+class CosineMatching(_PooledDistiller):
+    """Cosine matching of pooled penultimate features: ``beta * (1 - cos(W s, t))`` with a learned
+    linear projection ``W`` when the widths differ (an identity-free layer otherwise)."""
+    term = "loss_cos"
+
+    def __init__(self, student, teacher, *, beta: float = 1.0, **kw):
+        super().__init__(student, teacher, beta=beta, **kw)
+
+    def make_adapters(self, s_shapes, t_shapes):
+        (s,), (t,) = s_shapes, t_shapes
+        return nn.ModuleList([nn.Linear(s[0], t[0], bias=False) if s[0] != t[0] else nn.Identity()])
+
+    def feature_loss(self, s_feats, t_feats):
+        return cosine_loss(self.adapters[0](pooled(s_feats[0])), t_feats[0])
+
+
+class PKT(_PooledDistiller):
+    """Probabilistic knowledge transfer on pooled penultimate features (weight 30000, as RepDistiller):
+    relational, so no projection head and no extra parameters."""
+    term = "loss_pkt"
+
+    def __init__(self, student, teacher, *, beta: float = 30000.0, **kw):
+        super().__init__(student, teacher, beta=beta, **kw)
+
+    def feature_loss(self, s_feats, t_feats):
+        return pkt_loss(pooled(s_feats[0]), t_feats[0])
+
+
+class FitNetsTwoStage(HintonKD):
+    """The two-stage FitNets recipe: ``hint_epochs`` of hint training (:class:`HintStage`, its own
+    short one-cycle schedule) initialise the student's lower layers, then ordinary Hinton KD trains
+    the whole student. :func:`kd_utils.experiments.distill` calls :meth:`prepare` before stage 2."""
+    logits_only = True
+
+    def __init__(self, student, teacher, *, hint_epochs: int = 5, hint_beta: float = 1.0, temperature: float = 4.0,
+                 alpha: float = 0.9, **hint_kw):
+        if not (isinstance(hint_epochs, int) and hint_epochs >= 1):
+            raise ValueError(f"hint_epochs must be an int >= 1, got {hint_epochs!r}")
+        super().__init__(student, teacher, temperature=temperature, alpha=alpha)
+        self.hint_epochs, self.hint_beta, self.hint_kw = hint_epochs, float(hint_beta), hint_kw
+        self.extra_parameters = 0     # the stage-1 regressor's, once built (it is discarded after stage 1)
+        self.stage1 = None            # stage 1's FitResult
+
+    def prepare(self, data, cfg, progress: bool = True) -> None:
+        from .train_eval import fit
+        stage = HintStage(self.student, self.teacher, beta=self.hint_beta, **self.hint_kw)
+        self.extra_parameters = stage.extra_parameters
+        self.stage1 = fit(self.student, data, cfg.replace(epochs=self.hint_epochs), method=stage,
+                          progress=progress, desc="hint stage", restore_best=False)
+        self.teacher.eval()
+
+    def describe(self):
+        return {**super().describe(), "method": "FitNetsTwoStage", "hint_epochs": self.hint_epochs,
+                "hint_beta": self.hint_beta, "extra_parameters": self.extra_parameters}
+
+
+FEATURE_METHODS = {"fitnets": FitNets, "fitnets_two_stage": FitNetsTwoStage, "at": AttentionTransfer,
+                   "cosine": CosineMatching, "pkt": PKT}
+
+
+# --------------------------------------------------------------- analysis ----
+@torch.no_grad()
+def collect_features(model: nn.Module, x: torch.Tensor, names: Sequence[str], batch_size: int = 500,
+                     pool: bool = False) -> dict[str, torch.Tensor]:
+    """The named layers' outputs for normalised inputs ``x`` (eval mode, float32 on the CPU), batched;
+    ``pool=True`` averages each over its spatial positions."""
+    was_training = model.training
+    p = next(model.parameters())
+    out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    try:
+        model.eval()
+        for i in range(0, len(x), batch_size):
+            _, feats = capture(model, x[i:i + batch_size].to(p.device, p.dtype), names)
+            for n in names:
+                f = feats[n].float()
+                out[n].append((pooled(f) if pool else f).cpu())
+    finally:
+        model.train(was_training)
+    return {n: torch.cat(v) for n, v in out.items()}
+
+
+def centred_grams(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Per layer, the centred N x N Gram matrix of the flattened features on inputs ``x`` (float64):
+    computed once, it serves every CKA comparison with that layer."""
+    feats = collect_features(model, x, layers)
+    out = {}
+    for n in layers:
+        f = feats.pop(n).reshape(len(x), -1).double()
+        f = f - f.mean(0)
+        out[n] = f @ f.T
+    return out
+
+
+def cka_matrix(grams_a: dict[str, torch.Tensor], grams_b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(layers of a, layers of b) linear CKA from :func:`centred_grams` of two models on the same inputs."""
+    return torch.tensor([[float((ga * gb).sum() / (ga.norm() * gb.norm())) for gb in grams_b.values()]
+                         for ga in grams_a.values()])

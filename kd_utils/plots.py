@@ -617,3 +617,57 @@ def plot_soft_targets(
             if i == 0:
                 ax.set_title(f"T = {t:g}", fontsize="small")
     return _finish(fig, path)
+
+
+def plot_attention_maps(
+    images: Any,
+    maps: Mapping[str, Any],
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """One row per image: the image, then each model's spatial attention map (H, W) over it
+    (``maps[name]`` is (N, H, W), upsampled for display)."""
+    imgs = _to_numpy(images, "images")
+    _check_nonempty_mapping(maps, "maps")
+    n = imgs.shape[0]
+    fig, axes = plt.subplots(n, 1 + len(maps), figsize=(1.9 * (1 + len(maps)), 1.9 * n), layout="constrained",
+                             squeeze=False)
+    for i in range(n):
+        axes[i][0].imshow(_image_for_display(imgs[i]), cmap="gray" if imgs.shape[1] == 1 else None)
+        for j, (name, m) in enumerate(maps.items()):
+            a = _to_numpy(m, f"maps[{name!r}]")
+            if a.ndim != 3 or a.shape[0] != n:
+                raise ValueError(f"maps[{name!r}] must be (N, H, W) with N = {n}, got shape {a.shape}")
+            axes[i][j + 1].imshow(a[i], cmap="inferno", extent=(0, imgs.shape[3], imgs.shape[2], 0))
+            if i == 0:
+                axes[i][j + 1].set_title(name, fontsize="small")
+        for ax in axes[i]:
+            ax.set_axis_off()
+    return _finish(fig, path)
+
+
+def plot_embedding_2d(
+    points: Mapping[str, Any],
+    labels: Any,
+    classes: Sequence[str],
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Scatter plots of 2-D projections (one panel per model), coloured by class."""
+    _check_nonempty_mapping(points, "points")
+    y = _to_numpy(labels, "labels")
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 4.0), layout="constrained", squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (name, p) in zip(axes[0], points.items()):
+        xy = _to_numpy(p, f"points[{name!r}]")
+        if xy.shape != (len(y), 2):
+            raise ValueError(f"points[{name!r}] must be ({len(y)}, 2), got shape {xy.shape}")
+        for k, cls in enumerate(classes):
+            sel = y == k
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.6, color=cmap(k % 10), label=cls)
+        ax.set_title(name, fontsize="small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(markerscale=4, fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path)

@@ -170,6 +170,18 @@ def _cohort_distiller(student, teacher=None, **kw):
 DISTILLERS["cohort"] = _cohort_distiller
 
 
+def _feature_distiller(name: str):
+    def make(student, teacher=None, **kw):
+        from .feature_kd import FEATURE_METHODS
+        return FEATURE_METHODS[name](student, teacher, **kw)
+    make.__name__ = name
+    return make
+
+
+for _name in ("fitnets", "fitnets_two_stage", "at", "cosine", "pkt"):  # kd_utils.feature_kd (imports this module)
+    DISTILLERS[_name] = _feature_distiller(_name)
+
+
 def build_distiller(method: str, student: nn.Module, teacher: nn.Module | None = None, **kwargs: Any) -> Distiller:
     """``build_distiller("kd", student, teacher, temperature=4, alpha=0.9)``."""
     if method not in DISTILLERS:

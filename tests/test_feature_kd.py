@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -29,3 +31,203 @@ def test_unknown_layer_names_are_rejected_with_the_known_ones():
     with pytest.raises(ValueError, match="at least one layer"):
         FeatureHooks(m, [])
     assert "classifier" in layer_names(m)
+
+
+# ------------------------------------------------------------- the methods ----
+from kd_utils.config import TrainConfig  # noqa: E402
+from kd_utils.experiments import distill  # noqa: E402
+from kd_utils.feature_kd import (AttentionTransfer, CosineMatching, FitNets, FitNetsTwoStage, HintStage, PKT,  # noqa: E402
+                                 attention_loss, attention_map, capture, cosine_loss, hint_loss, linear_cka, pkt_loss)
+
+
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    return build_model("vgg8", width=0.125), build_model("vgg11", width=0.25).eval()
+
+
+def test_hint_loss_is_elementwise_mse():
+    a, b = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    assert hint_loss(a, b).item() == pytest.approx(float(((a - b) ** 2).sum() / a.numel()), rel=1e-6)
+    with pytest.raises(ValueError, match=r"\(3, 4, 5, 5\).*\(3, 2, 5, 5\)"):
+        hint_loss(a, b[:, :2])
+
+
+def test_attention_against_the_formula():
+    fs, ft = torch.randn(2, 3, 4, 4), torch.randn(2, 7, 4, 4)
+    def at(f):  # sum of squares over channels / C, flattened, unit L2 norm per sample (written out)
+        q = [[sum(f[n, c, i, j] ** 2 for c in range(f.shape[1])) / f.shape[1] for i in range(4) for j in range(4)]
+             for n in range(f.shape[0])]
+        q = torch.tensor(q)
+        return q / q.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(attention_map(fs), at(fs))
+    expected = ((at(fs) - at(ft)) ** 2).mean()
+    torch.testing.assert_close(attention_loss([fs], [ft]), expected)
+    assert attention_loss([fs, fs], [ft, ft]).item() == pytest.approx(2 * expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"equal spatial sizes.*\(2, 3, 4, 4\).*\(2, 7, 2, 2\)"):
+        attention_loss([fs], [ft[:, :, :2, :2]])
+
+
+def test_cosine_and_pkt_against_independent_computations():
+    s, t = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    cos = [float(s[i] @ t[i, :5] / (s[i].norm() * t[i, :5].norm())) for i in range(6)]
+    assert cosine_loss(s, t[:, :5]).item() == pytest.approx(sum(1 - c for c in cos) / 6, rel=1e-5)
+    with pytest.raises(ValueError, match="project the student"):
+        cosine_loss(s, t)
+
+    def cond(v):  # P(j|i) from the cosine kernel (1 + cos) / 2, loops only
+        n = len(v)
+        k = [[(1 + float(v[i] @ v[j] / (v[i].norm() * v[j].norm()))) / 2 for j in range(n)] for i in range(n)]
+        return [[k[i][j] / sum(k[i]) for j in range(n)] for i in range(n)]
+    ps, pt = cond(s), cond(t)
+    expected = sum(pt[i][j] * math.log(pt[i][j] / ps[i][j]) for i in range(6) for j in range(6)) / 36
+    assert pkt_loss(s, t).item() == pytest.approx(expected, rel=1e-4)
+    assert pkt_loss(t, t).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_linear_cka_matches_the_feature_space_formula_and_its_invariances():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 30, generator=g, dtype=torch.float64), torch.randn(40, 12, generator=g, dtype=torch.float64)
+    y = y + x[:, :12]  # related representations
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = float((yc.T @ xc).norm() ** 2 / ((xc.T @ xc).norm() * (yc.T @ yc).norm()))
+    assert linear_cka(x, y) == pytest.approx(expected, rel=1e-9)
+    q, _ = torch.linalg.qr(torch.randn(30, 30, generator=g, dtype=torch.float64))
+    assert linear_cka(x @ q * 3.0 + 1.0, y) == pytest.approx(expected, rel=1e-9)  # rotation, scale, shift
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x.reshape(40, 5, 6), y) == pytest.approx(expected, rel=1e-9)  # flattened per sample
+
+
+def test_capture_can_stop_after_the_last_hint_with_the_same_features():
+    _, t = _pair()
+    x = torch.randn(3, 3, 32, 32)
+    out, full = capture(t, x, ["stage2", "stage3"])
+    none, part = capture(t, x, ["stage2", "stage3"], full=False)
+    assert none is None and out.shape == (3, 10)
+    for k in full:
+        torch.testing.assert_close(part[k], full[k])
+
+
+@pytest.mark.parametrize("cls,kw,term", [(FitNets, {}, "loss_hint"), (FitNets, {"alpha": 0.9}, "loss_hint"),
+                                         (AttentionTransfer, {}, "loss_at"), (AttentionTransfer, {"alpha": 0.9}, "loss_at"),
+                                         (CosineMatching, {}, "loss_cos"), (PKT, {"alpha": 0.9}, "loss_pkt")])
+def test_gradients_reach_student_and_adapters_never_the_teacher(cls, kw, term):
+    s, t = _pair()
+    t_state = {k: v.clone() for k, v in t.state_dict().items()}
+    d = cls(s, t, **kw).train()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    logits, losses = d(x, y)
+    assert logits.shape == (8, 10) and term in losses
+    assert ("loss_kd" in losses) == ("alpha" in kw) and "loss_ce" in losses
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in s.parameters())
+    assert all(p.grad is None for p in t.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.adapters.parameters())
+    assert d.extra_parameters == sum(p.numel() for p in d.adapters.parameters())
+    assert {id(p) for p in d.adapters.parameters()} <= {id(p) for p in d.trainable_parameters()}
+    assert not t.training and all(torch.equal(v, t.state_dict()[k]) for k, v in t_state.items())
+
+
+def test_feature_losses_equal_the_hand_written_ones_on_the_hooked_features():
+    s, t = _pair()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    s.eval()
+    fit_d = FitNets(s, t, beta=2.0)
+    _, losses = fit_d(x, y)
+    _, fs = capture(s, x, ["stage3"])
+    _, ft = capture(t, x, ["stage3"])
+    expected = 2.0 * ((fit_d.adapters[0](fs["stage3"]) - ft["stage3"]) ** 2).mean()
+    torch.testing.assert_close(losses["loss_hint"], expected)
+    at_d = AttentionTransfer(s, t, beta=3.0)
+    _, losses = at_d(x, y)
+    _, fs = capture(s, x, [f"stage{i}" for i in range(1, 5)])
+    _, ft = capture(t, x, [f"stage{i}" for i in range(1, 5)])
+    expected = 3.0 * sum(((attention_map(fs[k]) - attention_map(ft[k])) ** 2).mean() for k in fs)
+    torch.testing.assert_close(losses["loss_at"], expected)
+
+
+def test_pooled_methods_read_cached_teacher_outputs_exactly_like_the_online_teacher():
+    s, t = _pair()
+    s.eval()
+    x, y = torch.randn(5, 3, 32, 32), torch.randint(0, 10, (5,))
+    t_out, feats = capture(t, x, ["stage5"])
+    for cls in (PKT, CosineMatching):
+        d = cls(s, t, alpha=0.5)
+        _, online = d(x, y)
+        _, cached = d(x, y, t_out, feats["stage5"].mean((2, 3)))
+        for k in online:
+            torch.testing.assert_close(cached[k], online[k])
+
+
+def test_unmatched_shapes_and_unknown_layers_give_clear_errors():
+    s, t = _pair()
+    with pytest.raises(ValueError, match=r"'stage3' has shape \(32, 8, 8\).*'stage4' has shape \(128, 4, 4\)"):
+        FitNets(s, t, teacher_layers=["stage4"])
+    with pytest.raises(ValueError, match=r"'stage2' has shape \(16, 16, 16\).*'stage3' has shape \(64, 8, 8\)"):
+        AttentionTransfer(s, t, student_layers=["stage2"], teacher_layers=["stage3"])
+    with pytest.raises(ValueError, match=r"no layer\(s\) \['block9'\]; known layers: stage1"):
+        FitNets(s, t, student_layers=["block9"])
+    with pytest.raises(ValueError, match="as many student layers"):
+        AttentionTransfer(s, t, student_layers=["stage1"])
+    with pytest.raises(ValueError, match="needs the teacher"):
+        PKT(s, None)
+    with pytest.raises(ValueError, match="beta"):
+        PKT(s, t, beta=-1.0)
+
+
+def test_hint_stage_trains_only_the_guided_layers_and_the_regressor():
+    s, t = _pair()
+    d = HintStage(s, t).train()
+    _, losses = d(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    assert set(losses) == {"loss_hint"}
+    losses["loss_hint"].backward()
+    assert all(p.grad is not None for n in ("stage1", "stage2", "stage3") for p in getattr(s, n).parameters())
+    assert all(p.grad is None for n in ("stage4", "stage5", "classifier") for p in getattr(s, n).parameters())
+
+
+def test_distill_serves_pooled_methods_from_the_plan_cache_and_runs_the_hint_stage(toy_cifar):
+    cfg = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.05, augment="crop_flip", seed=0, device="cpu",
+                      precision="fp32")
+    s, t = _pair()
+    res = distill(s, t, toy_cifar, cfg, method="pkt", alpha=0.9, progress=False)
+    assert res.config["teacher_outputs"].startswith("plan cache built")
+    assert set(res.history.columns) >= {"train_loss_pkt", "train_loss_kd", "train_loss_ce"}
+    s2, _ = _pair()
+    online = distill(s2, t, toy_cifar, cfg, method="pkt", alpha=0.9, cache=False, progress=False)
+    assert online.config["teacher_outputs"] == "online teacher"
+    for a, b in zip(s.parameters(), s2.parameters()):  # fp16 cache vs fp32 teacher: close, not bit-equal
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+    s3, _ = _pair()
+    two = distill(s3, t, toy_cifar, cfg, method="fitnets_two_stage", hint_epochs=1, progress=False)
+    assert two.config["extra_parameters"] > 0 and two.config["stage1_time_s"] > 0
+    assert two.config["teacher_outputs"].startswith("plan cache")
+    with pytest.raises(ValueError, match="cannot be\\s+cached"):
+        distill(s3, t, toy_cifar, cfg, method="at", cache=True, progress=False)
+
+
+def test_cka_matrix_and_pca_and_plots(tmp_path):
+    from kd_utils.analysis import pca_2d
+    from kd_utils.feature_kd import centred_grams, cka_matrix, collect_features
+    from kd_utils.plots import plot_attention_maps, plot_embedding_2d
+    s, t = _pair()
+    x = torch.randn(30, 3, 32, 32)
+    gs, gt = centred_grams(s, x, ["stage1", "stage3"]), centred_grams(t, x, ["stage2", "stage3", "stage5"])
+    m = cka_matrix(gs, gs)
+    torch.testing.assert_close(m.diagonal(), torch.ones(2, dtype=m.dtype))   # a model is identical to itself
+    torch.testing.assert_close(m, m.T)
+    fs, ft = collect_features(s, x, ["stage3"]), collect_features(t, x, ["stage5"])
+    assert cka_matrix(gs, gt).shape == (2, 3)
+    assert cka_matrix(gs, gt)[1, 2].item() == pytest.approx(linear_cka(fs["stage3"], ft["stage5"]), rel=1e-6)
+    f = collect_features(t, x, ["stage5"], batch_size=7, pool=True)["stage5"]
+    _, direct = capture(t, x, ["stage5"])
+    torch.testing.assert_close(f, direct["stage5"].mean((2, 3)))
+    z = torch.randn(50, 6) * torch.tensor([5.0, 3.0, 0.1, 0.1, 0.1, 0.1])
+    p = pca_2d(z)
+    assert p.shape == (50, 2) and p[:, 0].var() > p[:, 1].var() > 10 * z[:, 2:].var(0).max()
+    fig = plot_attention_maps(torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8),
+                              {"teacher": torch.rand(2, 8, 8), "student": torch.rand(2, 8, 8)}, path=tmp_path / "at.png")
+    assert len(fig.axes) == 6 and (tmp_path / "at.png").exists()
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        plot_attention_maps(torch.zeros(2, 3, 32, 32), {"t": torch.rand(3, 8, 8)})
+    fig = plot_embedding_2d({"a": p, "b": p}, torch.arange(50) % 3, ["x", "y", "z"], path=tmp_path / "e.png")
+    assert len(fig.axes) == 2
