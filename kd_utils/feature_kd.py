@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train_kd import Distiller, HintonKD, kd_loss
+from .train_kd import DISTILLERS, Distiller, HintonKD, kd_loss
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -405,6 +405,7 @@ class FitNetsTwoStage(HintonKD):
 
 FEATURE_METHODS = {"fitnets": FitNets, "fitnets_two_stage": FitNetsTwoStage, "at": AttentionTransfer,
                    "cosine": CosineMatching, "pkt": PKT}
+DISTILLERS.update(FEATURE_METHODS)
 
 
 # --------------------------------------------------------------- analysis ----
