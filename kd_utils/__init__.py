@@ -14,11 +14,12 @@ from .runtime import resolve_device, seed_everything
 from .train_eval import FitResult, evaluate, fit, predict
 from .experiments import Run, cache_teacher_logits, distill, run_experiment
 from .plans import AugmentationPlan, teacher_outputs
-from .teacher import cifar_teacher
+from .teacher import cifar_teacher, hinton_teacher
 from .train_kd import HintonKD, LogitMatching, Vanilla, build_distiller, kd_loss
+from . import ensemble, feature_kd  # noqa: F401  (register the "cohort" and feature distillers)
 
 __version__ = "0.1.0"
 __all__ = ["KDConfig", "Profile", "TrainConfig", "get_profile", "DataBundle", "get_data", "build_model",
            "resolve_device", "seed_everything", "FitResult", "evaluate", "fit", "predict", "HintonKD",
            "LogitMatching", "Vanilla", "build_distiller", "cache_teacher_logits", "distill", "kd_loss",
-           "Run", "run_experiment", "AugmentationPlan", "teacher_outputs", "cifar_teacher"]
+           "Run", "run_experiment", "AugmentationPlan", "teacher_outputs", "cifar_teacher", "hinton_teacher"]

@@ -154,8 +154,8 @@ _MNIST_SEED = dict(optimizer="adam", lr=1e-3, batch_size=128, epochs=10)
 # The paper gives no rates or epoch counts. Probes (seed 0; best val acc / test errors): dropout 0.5/0.2
 # lr 0.05 60 ep 98.88% / 100; 0.3/0.0 lr 0.05 40 ep 99.17% / 94 (peaked at epoch 25, then overfit);
 # 0.5/0.2 lr 0.02 40 ep 98.80% / 104; 0.4/0.1 lr 0.03 40 ep 99.05% / 83, still improving at its last
-# epoch, so chosen for 60 epochs. The probes printed test errors too: the teacher's test number is
-# therefore slightly optimistic (see Knowledge_Distillation.ipynb).
+# epoch, so chosen (first for 60 epochs; 200 under the paper protocol). The probes printed test errors
+# too, so the recipe saw the test set once; the lengths are chosen on validation curves only.
 _HINTON_TEACHER = dict(optimizer="sgd", lr=0.03, momentum=0.9, nesterov=True, schedule="cosine", batch_size=128,
                        augment="jitter", epochs=60)
 # lr 0.02 + clipping: soft targets at T=20 give logit-matching-sized gradients, which diverged at lr 0.05
@@ -185,7 +185,9 @@ _CIFAR_MODELS = {
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", train_subset=2000, test_subset=500, seeds=(0, 1), recipes=_recipes(1, 1, 1, 1, 1),
                      models=_CIFAR_MODELS["smoke"]),
-    "cpu": Profile("cpu", seeds=(0, 1, 2), recipes=_recipes(10, 60, 30, 30, 15), models=_CIFAR_MODELS["cpu"]),
+    # Hinton teacher 200 / students 60 epochs: the paper protocol's lengths (all 60,000 images, last epoch),
+    # checked against validation curves in Knowledge_Distillation.ipynb (the split protocol used 60 / 30).
+    "cpu": Profile("cpu", seeds=(0, 1, 2), recipes=_recipes(10, 200, 60, 30, 15), models=_CIFAR_MODELS["cpu"]),
     "gpu": Profile("gpu", seeds=(0, 1, 2), models=_CIFAR_MODELS["gpu"], recipes={
         **_recipes(10, 120, 60, 240, 240),
         # RepDistiller/CRD recipe: SGD 0.05, x0.1 at 150/180/210, wd 5e-4, batch 64.

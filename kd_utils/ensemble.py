@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train_kd import Distiller, kd_loss
+from .train_kd import DISTILLERS, Distiller, kd_loss
 
 COMBINE = ("logits", "probs")
 
@@ -118,6 +118,9 @@ class CohortDistiller(Distiller):
     def describe(self) -> dict[str, Any]:
         return {"method": "CohortDistiller", "students": len(self.student.students), "temperature": self.temperature,
                 "alpha": self.alpha, "beta": self.beta, "mutual_temperature": self.mutual_temperature}
+
+
+DISTILLERS["cohort"] = CohortDistiller
 
 
 def pairwise_disagreement(logits: Sequence[torch.Tensor]) -> float:

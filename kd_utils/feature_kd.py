@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train_kd import Distiller, HintonKD, kd_loss
+from .train_kd import DISTILLERS, Distiller, HintonKD, kd_loss
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -167,12 +167,14 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     computed through the N x N Gram matrices (cheap when features are wider than N)."""
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"CKA needs the same samples on both sides: {x.shape[0]} vs {y.shape[0]}")
-    x = x.reshape(len(x), -1).double()
-    y = y.reshape(len(y), -1).double()
-    x = x - x.mean(0)
-    y = y - y.mean(0)
-    kx, ky = x @ x.T, y @ y.T
+    kx, ky = _centred_gram(x), _centred_gram(y)
     return float((kx * ky).sum() / (kx.norm() * ky.norm()))
+
+
+def _centred_gram(f: torch.Tensor) -> torch.Tensor:
+    f = f.reshape(len(f), -1).double()
+    f = f - f.mean(0)
+    return f @ f.T
 
 
 # -------------------------------------------------------------- distillers ----
@@ -225,10 +227,6 @@ class FeatureDistiller(Distiller):
     def extra_parameters(self) -> int:
         """Parameters the method trains besides the student (dropped from the deployed student)."""
         return sum(p.numel() for p in self.adapters.parameters())
-
-    @property
-    def uses_cache(self) -> bool:
-        return self.cached_layer is not None
 
     def teacher_features(self, x: torch.Tensor, extras: tuple[torch.Tensor, ...]
                          ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
@@ -407,6 +405,7 @@ class FitNetsTwoStage(HintonKD):
 
 FEATURE_METHODS = {"fitnets": FitNets, "fitnets_two_stage": FitNetsTwoStage, "at": AttentionTransfer,
                    "cosine": CosineMatching, "pkt": PKT}
+DISTILLERS.update(FEATURE_METHODS)
 
 
 # --------------------------------------------------------------- analysis ----
@@ -434,12 +433,7 @@ def centred_grams(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> d
     """Per layer, the centred N x N Gram matrix of the flattened features on inputs ``x`` (float64):
     computed once, it serves every CKA comparison with that layer."""
     feats = collect_features(model, x, layers)
-    out = {}
-    for n in layers:
-        f = feats.pop(n).reshape(len(x), -1).double()
-        f = f - f.mean(0)
-        out[n] = f @ f.T
-    return out
+    return {n: _centred_gram(feats.pop(n)) for n in layers}
 
 
 def cka_matrix(grams_a: dict[str, torch.Tensor], grams_b: dict[str, torch.Tensor]) -> torch.Tensor:

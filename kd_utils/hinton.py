@@ -3,6 +3,12 @@
 Teacher 784-1200-1200-10 (dropout, max-norm, inputs jittered by up to 2 px); student 784-800-800-10
 trained once on hard labels and once on the teacher's soft targets at T=20. The paper reports
 67 / 146 / 74 test errors; ``PAPER_ERRORS`` holds them for the comparison table.
+
+Protocol (the paper's): recipes and lengths are chosen on the 54,000 / 6,000 split
+(:func:`length_study`), then the reported models train on all 60,000 images (:func:`paper_data`) for
+a fixed number of epochs and the last epoch is reported, so the test set never selects anything.
+The teacher is :func:`kd_utils.teacher.hinton_teacher` (trained once, then loaded). Every run is
+memoised by :func:`kd_utils.experiments.run_experiment`.
 """
 from __future__ import annotations
 
@@ -10,83 +16,108 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import Profile, TrainConfig
-from .models import build_model
-from .runtime import seed_everything
-from .train_eval import evaluate, fit
-from .experiments import cache_teacher_logits
-from .train_kd import HintonKD
+from .config import Profile, TrainConfig, get_profile
+from .data import DataBundle, get_data
+from .experiments import Run, run_experiment
 
 PAPER_ERRORS = {"teacher": 67, "student_scratch": 146, "student_kd": 74}
+STUDENT = {"name": "hinton_student"}
+TEACHER = {"name": "hinton_teacher"}
 
 
-def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None = None,
-                  teacher_logits: torch.Tensor | None = None, temperature: float = 20.0, alpha: float = 0.9,
-                  arch: str = "hinton_student") -> tuple[nn.Module, dict]:
-    """One student run: from scratch when ``teacher`` is None, else distilled (cached logits).
-    Returns the model and a row ``{seed, temperature, errors, accuracy, best_epoch, wall_time_s}``."""
-    seed_everything(seed)
-    student = build_model(arch, num_classes=data.num_classes)
+def paper_data(profile: str | Profile | None = None) -> DataBundle:
+    """MNIST as the paper used it: every training image is trained on (no validation hold-out)."""
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    return get_data("mnist", val_fraction=0, **prof.data_kwargs())
+
+
+def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None = None, temperature: float = 20.0,
+                  alpha: float = 0.9, arch: str = "hinton_student", kind: str | None = None, **run_kwargs
+                  ) -> tuple[Run, dict]:
+    """One memoised student run: from scratch when ``teacher`` is None, else distilled with Hinton's
+    loss. Without augmentation the teacher's logits of the fixed transfer set are computed once; with
+    ``cfg.augment`` (the jittered transfer set) the teacher's outputs for every jittered batch of the
+    run's plan. The model keeps its best validation epoch, or its last epoch when ``data`` has no
+    validation split (:func:`paper_data`). Returns the :class:`~kd_utils.experiments.Run` and a row
+    ``{seed, temperature, errors, accuracy, best_epoch, epochs, wall_time_s}``."""
     cfg = cfg.replace(seed=seed)
+    kind = kind or ("student_scratch" if teacher is None else "student_kd")
+    name = f"hinton-{kind}-e{cfg.epochs}" + (f"-T{temperature:g}" if teacher is not None else "") + f"-s{seed}"
     if teacher is None:
-        res = fit(student, data, cfg, progress=False)
+        run = run_experiment(name, {"name": arch}, data, cfg, **run_kwargs)
     else:
-        method = HintonKD(student, teacher, temperature=temperature, alpha=alpha)
-        # un-augmented transfer set: cached logits; augmented: the teacher sees each jittered batch
-        extras = (teacher_logits,) if cfg.augment is None else ()
-        res = fit(student, data, cfg, method=method, train_extras=extras, progress=False)
-    ev = evaluate(student, data, "test", device=cfg.device, precision=cfg.precision)
-    row = {"seed": seed, "temperature": temperature if teacher is not None else None, "errors": ev.errors,
-           "accuracy": ev.accuracy, "best_epoch": res.best_epoch, "epochs": cfg.epochs,
-           "wall_time_s": res.wall_time_s}
-    student.fit_result = res
-    return student, row
-
-
-def _logits(teacher: nn.Module, data, cfg: TrainConfig, given: torch.Tensor | None) -> torch.Tensor:
-    """The teacher's training-set logits: ``given`` (computed once by the caller) or computed now."""
-    if given is not None:
-        return given
-    return cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)
+        run = run_experiment(name, {"name": arch}, data, cfg, method="kd", teacher=teacher,
+                             temperature=temperature, alpha=alpha, **run_kwargs)
+    m = run.metrics
+    row = {"seed": seed, "temperature": temperature if teacher is not None else None, "errors": int(m["test_errors"]),
+           "accuracy": m["test_accuracy"], "best_epoch": m["best_epoch"], "epochs": cfg.epochs,
+           "wall_time_s": m["train_time_s"]}
+    return run, row
 
 
 KINDS = ("student_scratch", "student_kd", "student_kd_jitter")
 
 
 def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = 20.0,
-                 alpha: float = 0.9, kinds: Sequence[str] = KINDS[:2], progress: bool = True,
-                 teacher_logits: torch.Tensor | None = None) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
+                 alpha: float = 0.9, kinds: Sequence[str] = KINDS[:2], progress: bool = True, **run_kwargs
+                 ) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
     """Students for every seed and kind: ``student_scratch`` (hard labels), ``student_kd`` (soft
     targets on the un-augmented training set, as in the paper) and ``student_kd_jitter`` (soft
-    targets on a jittered transfer set, teacher run online). One row per (kind, seed), and each
-    run's training history keyed by ``(kind, seed)``."""
+    targets on a jittered transfer set). One row per (kind, seed), and each run's training history
+    keyed by ``(kind, seed)``."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown student kind(s) {unknown}; known: {list(KINDS)}")
-    logits = _logits(teacher, data, cfg, teacher_logits)
     rows, histories = [], {}
     jobs = [(kind, s) for s in seeds for kind in kinds]
     for kind, s in tqdm(jobs, desc="students", disable=not progress):
         t = None if kind == "student_scratch" else teacher
         run_cfg = cfg.replace(augment="jitter") if kind == "student_kd_jitter" else cfg
-        model, row = train_student(data, run_cfg, s, t, logits, temperature, alpha)
+        run, row = train_student(data, run_cfg, s, t, temperature, alpha, kind=kind, progress=False, **run_kwargs)
         rows.append({"model": kind, **row})
-        histories[(kind, s)] = model.fit_result.history
+        histories[(kind, s)] = run.history
     return pd.DataFrame(rows), histories
 
 
 def temperature_sweep(data, cfg: TrainConfig, teacher: nn.Module, temperatures: Iterable[float], seed: int = 0,
-                      alpha: float = 0.9, progress: bool = True, teacher_logits: torch.Tensor | None = None
-                      ) -> pd.DataFrame:
+                      alpha: float = 0.9, progress: bool = True, **run_kwargs) -> pd.DataFrame:
     """Distilled-student test errors for each temperature (one seed)."""
-    logits = _logits(teacher, data, cfg, teacher_logits)
-    rows = [train_student(data, cfg, seed, teacher, logits, float(T), alpha)[1]
+    rows = [train_student(data, cfg, seed, teacher, float(T), alpha, progress=False, **run_kwargs)[1]
             for T in tqdm(list(temperatures), desc="temperatures", disable=not progress)]
     return pd.DataFrame(rows)
+
+
+def length_study(data, cfg: TrainConfig, lengths: Sequence[int], *, model: dict | None = None,
+                 teacher: nn.Module | None = None, temperature: float = 20.0, alpha: float = 0.9, seed: int = 0,
+                 label: str = "teacher", progress: bool = True, **run_kwargs
+                 ) -> tuple[pd.DataFrame, dict[int, Run]]:
+    """How long to train, measured on the validation split: one run of ``cfg`` per length (each with
+    its own full learning-rate schedule), from scratch or distilled from ``teacher``. One row per
+    length with the validation errors of the last epoch (what the paper protocol would report) and
+    of the best epoch; the runs (histories with per-epoch ``val_acc``) keyed by length."""
+    if len(data.y_val) == 0:
+        raise ValueError("length_study needs a validation split (get_data(..., val_fraction > 0)); "
+                         "the test set is never used to choose a length")
+    bad = [n for n in lengths if isinstance(n, bool) or not isinstance(n, int) or n < 1]
+    if bad:
+        raise ValueError(f"lengths must be positive epoch counts, got {bad}")
+    spec = model or (TEACHER if teacher is None else STUDENT)
+    method = {} if teacher is None else {"method": "kd", "teacher": teacher, "temperature": temperature,
+                                          "alpha": alpha}
+    n_val, rows, runs = len(data.y_val), [], {}
+    for n in tqdm(list(lengths), desc=f"{label} lengths", disable=not progress):
+        run = run_experiment(f"hinton-{label}-split-e{n}-s{seed}", spec, data, cfg.replace(epochs=n, seed=seed),
+                             progress=False, **method, **run_kwargs)
+        val = run.history["val_acc"]
+        rows.append({"model": label, "epochs": n, "val_errors_last": int(round((1 - val.iloc[-1]) * n_val)),
+                     "val_errors_best": int(round((1 - val.max()) * n_val)),
+                     "best_epoch": int(run.history["epoch"][val.idxmax()]),
+                     "train_time_s": run.metrics["train_time_s"]})
+        runs[n] = run
+    return pd.DataFrame(rows), runs
 
 
 def hinton_table(teacher_errors: int, runs: pd.DataFrame) -> pd.DataFrame:
@@ -112,9 +143,10 @@ def table_json(table: pd.DataFrame, profile: Profile | str, temperature: float, 
     return out
 
 
-# Targets for the ``cpu`` profile run (issue 3): teacher <= 80 errors, distilled student <= 95 errors
-# and at least 40 fewer than the student trained from scratch.
-TARGETS = {"teacher_max_errors": 80, "kd_max_errors": 95, "kd_min_gain": 40}
+# Targets for the ``cpu`` profile under the paper protocol (all 60,000 training images, last epoch):
+# the teacher at most the paper's 67 errors, the distilled student (mean over seeds) at most 80, and
+# at least 60 errors fewer than the student trained from scratch.
+TARGETS = {"teacher_max_errors": 67, "kd_max_errors": 80, "kd_min_gain": 60}
 
 
 def check_targets(table: pd.DataFrame) -> pd.DataFrame:

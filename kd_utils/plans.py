@@ -149,7 +149,7 @@ def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_l
 
 @torch.no_grad()
 def _compute(teacher, data, plan, embed_layer, dev, prec, progress):
-    from .feature_kd import FeatureHooks
+    from .feature_kd import FeatureHooks, pooled
     from .runtime import autocast
     from .train_eval import uses_channels_last
     was_training = teacher.training
@@ -166,9 +166,7 @@ def _compute(teacher, data, plan, embed_layer, dev, prec, progress):
                     out = teacher(x)
                 ep_logits.append(out.float().to("cpu", STORAGE_DTYPE))
                 if hooks is not None:
-                    f = hooks.pop()[embed_layer].float()
-                    f = f.mean(dim=tuple(range(2, f.dim()))) if f.dim() > 2 else f
-                    ep_emb.append(f.to("cpu", STORAGE_DTYPE))
+                    ep_emb.append(pooled(hooks.pop()[embed_layer]).to("cpu", STORAGE_DTYPE))
             logits.append(torch.cat(ep_logits))
             if hooks is not None:
                 embedding.append(torch.cat(ep_emb))

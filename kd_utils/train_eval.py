@@ -188,7 +188,8 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
 
     ``method`` is a distiller whose ``student`` is ``model`` (default: plain cross-entropy).
     Every epoch the model is validated on the ``val`` split; the best epoch's weights are kept
-    (written to ``checkpoint_path`` if given) and restored at the end when ``restore_best``.
+    (written to ``checkpoint_path`` if given) and restored at the end when ``restore_best``. A bundle
+    with no validation split (``val_fraction=0``) keeps the last epoch instead.
 
     ``state_path``: after every epoch the full training state (weights, optimiser, schedule, RNG
     states, history) is written there atomically; with ``resume=True`` a run that was interrupted
@@ -322,8 +323,10 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
             row.update(val_loss=val.loss, val_acc=val.accuracy)
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
-        score = row.get("val_acc", row["train_acc"])
-        if score > best["acc"]:
+        # Without a validation split there is nothing to select on: the last epoch is kept (the paper
+        # protocol of training on every image for a fixed number of epochs); best_val_acc is then NaN.
+        score = row["val_acc"] if has_val else math.nan
+        if not has_val or score > best["acc"]:
             best = {"acc": score, "epoch": epoch,
                     "state": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}}
             if checkpoint_path is not None and main:

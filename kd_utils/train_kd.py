@@ -159,27 +159,9 @@ class LogitMatching(SoftTargetDistiller):
         return {"method": "LogitMatching", "alpha": self.alpha}
 
 
+# name -> distiller class; kd_utils.ensemble ("cohort") and kd_utils.feature_kd (its methods) add
+# theirs when imported, which the package's __init__ does.
 DISTILLERS: dict[str, type[Distiller]] = {"ce": Vanilla, "kd": HintonKD, "mse": LogitMatching}
-
-
-def _cohort_distiller(student, teacher=None, **kw):
-    from .ensemble import CohortDistiller
-    return CohortDistiller(student, teacher, **kw)
-
-
-DISTILLERS["cohort"] = _cohort_distiller
-
-
-def _feature_distiller(name: str):
-    def make(student, teacher=None, **kw):
-        from .feature_kd import FEATURE_METHODS
-        return FEATURE_METHODS[name](student, teacher, **kw)
-    make.__name__ = name
-    return make
-
-
-for _name in ("fitnets", "fitnets_two_stage", "at", "cosine", "pkt"):  # kd_utils.feature_kd (imports this module)
-    DISTILLERS[_name] = _feature_distiller(_name)
 
 
 def build_distiller(method: str, student: nn.Module, teacher: nn.Module | None = None, **kwargs: Any) -> Distiller:

@@ -61,3 +61,31 @@ def test_committed_reference_teacher_matches_its_record():
     acc = evaluate(model, data, "test", device="cpu", precision="fp32").accuracy
     assert acc >= 0.85  # a trained teacher, not a corrupted or untrained file (its target was 0.90: 0.8982 reached)
     assert abs(acc - payload["metrics"]["test_accuracy"]) < 0.005  # recorded under bf16/fp32: a few images apart
+
+
+def test_hinton_teacher_trains_on_every_image_keeps_its_last_epoch_then_loads(tmp_path, capsys):
+    first = T.hinton_teacher("smoke", root=tmp_path, progress=False)
+    assert "training" in capsys.readouterr().out
+    spec = T.teacher_spec("smoke", "hinton")
+    assert spec["dataset"] == "mnist" and spec["data"]["val_fraction"] == 0.0
+    assert first.checkpoint["metrics"]["train_images"] == 2000  # the smoke profile's whole training subset
+    epochs = PROFILES["smoke"].recipes["hinton_teacher"]["epochs"]
+    assert first.checkpoint["metrics"]["best_epoch"] == epochs == len(first.history)
+    assert "val_acc" not in first.history
+    data = get_data("mnist", val_fraction=0, train_subset=2000, test_subset=500)
+    errors = evaluate(first, data, "test", device="cpu", precision="fp32").errors
+    assert abs(errors - first.checkpoint["metrics"]["test_errors"]) <= 3  # recorded under the run's precision
+    again = T.hinton_teacher("smoke", root=tmp_path, progress=False)
+    assert "loaded teacher" in capsys.readouterr().out
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    assert T.candidate_paths("smoke", tmp_path, "hinton")[-1].name == "mnist_hinton_teacher_w1.pt"
+
+
+def test_teacher_refuses_the_wrong_split_and_unknown_kinds(tmp_path):
+    split = get_data("mnist", train_subset=2000, test_subset=500)  # 10% held out: not the paper protocol
+    with pytest.raises(ValueError, match=r"not the teacher's split: 'mnist' with val_fraction 0.0"):
+        T.hinton_teacher("smoke", root=tmp_path, data=split, progress=False)
+    assert not any(tmp_path.rglob("*.pt"))  # nothing half-written
+    with pytest.raises(ValueError, match=r"unknown teacher kind 'resnet'; known: \['cifar', 'hinton'\]"):
+        T.load_teacher("resnet", "smoke", root=tmp_path)

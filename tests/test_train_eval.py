@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kd_utils import build_model, evaluate, fit, seed_everything
+from kd_utils import build_model, evaluate, fit, get_data, seed_everything
 from kd_utils.config import TrainConfig
 from kd_utils.train_eval import TrainingDiverged, make_scheduler
 
@@ -109,3 +109,18 @@ def test_grad_clip_bounds_the_update(toy_mnist):
     assert (after - before).norm().item() == pytest.approx(0.01, rel=1e-3)  # 512 samples = one step
     with pytest.raises(ValueError, match="grad_clip must be None or a finite number > 0, got 0"):
         TrainConfig(grad_clip=0)
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):
+    """The paper protocol: no hold-out, a fixed number of epochs, the last one reported."""
+    import math
+    from kd_utils.train_eval import _load_state
+    data = get_data("mnist", train_subset=400, test_subset=50, val_fraction=0)
+    cfg = TrainConfig(epochs=3, batch_size=64, device="cpu", precision="fp32", lr=0.05, optimizer="sgd")
+    seed_everything(0)
+    model = build_model("mnist_mlp")
+    res = fit(model, data, cfg, progress=False, state_path=tmp_path / "state.pt")
+    assert res.best_epoch == 3 and math.isnan(res.best_val_acc) and "val_acc" not in res.history
+    last = _load_state(tmp_path / "state.pt", cfg)["method"]  # the state written after epoch 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, last[f"student.{k}"])
