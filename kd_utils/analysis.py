@@ -149,3 +149,56 @@ def pca_2d(features: torch.Tensor) -> torch.Tensor:
     x = x - x.mean(0)
     _, _, v = torch.linalg.svd(x, full_matrices=False)
     return (x @ v[:2].T).float()
+
+
+# --------------------------------------------------------- limitations of logit matching ----
+def add_logit_bias(logits: torch.Tensor, classes: Sequence[int], bias: float) -> torch.Tensor:
+    """``logits`` (float32 copy) with ``bias`` added to the logits of ``classes``: Hinton et al.'s
+    (2015, §3) repair of a student whose transfer set lacked those classes."""
+    out = logits.float().clone()
+    cols = sorted({int(c) for c in classes})
+    bad = [c for c in cols if not 0 <= c < out.shape[1]]
+    if not cols or bad:
+        raise ValueError(f"classes must be a non-empty subset of 0..{out.shape[1] - 1}, got {list(classes)}")
+    out[:, cols] += float(bias)
+    return out
+
+
+def logit_bias_table(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[int],
+                     biases: Iterable[float]) -> pd.DataFrame:
+    """Errors, overall and on ``classes``, after adding each bias to the logits of ``classes``."""
+    biases = [float(b) for b in biases]
+    if not biases:
+        raise ValueError("give at least one bias")
+    on = torch.isin(labels, torch.tensor(sorted({int(c) for c in classes})))
+    rows = []
+    for b in biases:
+        wrong = add_logit_bias(logits, classes, b).argmax(1) != labels
+        rows.append({"bias": b, "errors": int(wrong.sum()), "errors_on_classes": int((wrong & on).sum())})
+    return pd.DataFrame(rows)
+
+
+def choose_logit_bias(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[int],
+                      grid: Iterable[float]) -> tuple[float, pd.DataFrame]:
+    """The bias on the logits of ``classes`` that makes the fewest errors on ``(logits, labels)``
+    (pass validation data: the test set must not choose it). Ties go to the bias of smallest size.
+    Returns the bias and the :func:`logit_bias_table` of every candidate."""
+    table = logit_bias_table(logits, labels, classes, grid)
+    best = table.assign(size=table["bias"].abs()).sort_values(["errors", "size"], kind="stable").iloc[0]
+    return float(best["bias"]), table
+
+
+def wrong_class_information(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+                            ) -> dict[str, float]:
+    """What a teacher's soft targets say beyond the label (Müller et al. 2019): the mean probability
+    on the wrong classes at ``temperature``, and the mean entropy of the wrong-class distribution
+    (renormalised over the K - 1 wrong classes) divided by log(K - 1): 1 means uniform, i.e. no
+    information about which wrong classes are close; lower means more structure."""
+    p = torch.softmax(logits.double() / temperature, dim=1)
+    k = p.shape[1]
+    target = F.one_hot(labels.long(), k).bool()
+    wrong = p.masked_fill(target, 0.0)
+    mass = wrong.sum(1)
+    q = wrong / mass.clamp_min(1e-300).unsqueeze(1)
+    ent = -(q * q.clamp_min(1e-300).log()).sum(1) / math.log(k - 1)
+    return {"wrong_class_mass": float(mass.mean()), "wrong_class_entropy": float(ent.mean())}

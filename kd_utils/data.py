@@ -32,6 +32,7 @@ placed by hand.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import importlib.util
@@ -862,6 +863,17 @@ class DataBundle:
     def shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image."""
         return tuple(self.x_train.shape[1:])
+
+    def keep_train_classes(self, classes: Sequence[int]) -> "DataBundle":
+        """A copy whose *training* split holds only the samples of ``classes`` (a transfer set that
+        lacks the others, as in Hinton et al. 2015, §3); validation and test splits are unchanged."""
+        keep = sorted({int(c) for c in classes})
+        bad = [c for c in keep if not 0 <= c < self.num_classes]
+        if not keep or bad:
+            raise ValueError(f"classes must be a non-empty subset of 0..{self.num_classes - 1}, got {list(classes)}")
+        mask = torch.isin(self.y_train, torch.tensor(keep))
+        return dataclasses.replace(self, x_train=self.x_train[mask], y_train=self.y_train[mask],
+                                   train_idx=self.train_idx[mask])
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(x uint8, y int64) of ``split`` ("train", "val" or "test")."""

@@ -54,7 +54,7 @@ def distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, m
     """Distil ``teacher`` into ``student`` in one call; returns :class:`~kd_utils.train_eval.FitResult`.
 
     ``kwargs`` go to the distiller (``temperature``, ``alpha``) or to ``fit`` (``progress``,
-    ``checkpoint_path``, ``desc``, ``restore_best``, ``state_path``, ``resume``).
+    ``checkpoint_path``, ``desc``, ``restore_best``, ``state_path``, ``resume``, ``stop_after``).
 
     ``cache=None`` (default) uses cached teacher outputs whenever the method needs only the
     teacher's logits: without augmentation the logits of the fixed transfer set, with augmentation
@@ -62,7 +62,7 @@ def distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, m
     that replays the same plan). ``cache=False`` runs the teacher on every batch.
     ``result.config["teacher_outputs"]`` says which was used.
     """
-    fit_keys = {"progress", "checkpoint_path", "desc", "restore_best", "state_path", "resume"}
+    fit_keys = {"progress", "checkpoint_path", "desc", "restore_best", "state_path", "resume", "stop_after"}
     fit_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_keys}
     distiller = build_distiller(method, student, teacher, **kwargs)
     logits_only = getattr(distiller, "logits_only", False)
@@ -172,10 +172,24 @@ def test_metrics(model: nn.Module, data, teacher: nn.Module | None = None, devic
     return out
 
 
+def fidelity(teacher: nn.Module, student: nn.Module, data, splits=("train", "test"), device="auto",
+             precision="auto") -> pd.DataFrame:
+    """How closely a student follows its teacher (Stanton et al. 2021), per un-augmented split: top-1
+    agreement, KL(teacher || student) at T = 1, and both models' accuracy. One row per split."""
+    rows = []
+    for split in splits:
+        loader = data.loader(split, batch_size=1024, shuffle=False)
+        t, labels = predict(teacher, loader, device, precision)
+        s, _ = predict(student, loader, device, precision)
+        rows.append({"split": split, "agreement": metrics.agreement(t, s), "kl": metrics.kl_divergence(t, s),
+                     "teacher_accuracy": metrics.accuracy(t, labels), "student_accuracy": metrics.accuracy(s, labels)})
+    return pd.DataFrame(rows).set_index("split")
+
+
 def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: str = "ce",
                    teacher: nn.Module | None = None, profile: str | Profile | None = None,
                    fresh: bool | None = None, progress: bool = True, root: str | os.PathLike | None = None,
-                   **method_kwargs: Any) -> Run:
+                   stop_after: int | None = None, **method_kwargs: Any) -> Run:
     """Train (or reuse) one run and return it with its test metrics.
 
     ``student``: a model spec ``{"name": "vgg8", "width": 0.25}`` (built with ``build_model``
@@ -183,7 +197,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     distiller name (``"ce"``, ``"kd"``, ``"mse"``, ...) with its ``method_kwargs``; teacher outputs
     are cached as :func:`distill` does. A stored run is reused only when the whole specification,
     including the source of ``kd_utils``, is identical; in fresh mode only runs trained by this
-    process are reused.
+    process are reused. ``stop_after``: an early-stopped run (the first epochs of ``cfg``'s schedule).
     """
     from .checkpoint import CheckpointError, load_model, save_checkpoint
     from .fileio import write_json, write_text
@@ -191,6 +205,8 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     from .runtime import seed_everything, versions
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     spec = run_spec(student, data, cfg, method, method_kwargs, teacher if method != "ce" else None)
+    if stop_after is not None:
+        spec["stop_after"] = int(stop_after)
     key = spec_key(spec)
     folder = output_dirs(prof, root=root, create=False)["models"] / "runs" / f"{name}-{key[:12]}"
     record = folder / "run.json"
@@ -210,17 +226,18 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     model = build_model(spec_model.pop("name"), num_classes=data.num_classes, **spec_model)
     t0 = time.perf_counter()
     if method != "ce" and teacher is None:  # a teacher-free method (e.g. mutual learning in a cohort)
-        res = fit(model, data, cfg, progress=progress, desc=name,
+        res = fit(model, data, cfg, progress=progress, desc=name, stop_after=stop_after,
                   method=build_distiller(method, model, None, **method_kwargs))
         res.config["teacher_outputs"] = "none"
     elif method == "ce":
         if method_kwargs:
             raise ValueError(f"method 'ce' takes no arguments (label smoothing is TrainConfig.label_smoothing); "
                              f"got {sorted(method_kwargs)}")
-        res = fit(model, data, cfg, progress=progress, desc=name)
+        res = fit(model, data, cfg, progress=progress, desc=name, stop_after=stop_after)
         res.config["teacher_outputs"] = "none"
     else:
-        res = distill(model, teacher, data, cfg, method=method, progress=progress, desc=name, **method_kwargs)
+        res = distill(model, teacher, data, cfg, method=method, progress=progress, desc=name, stop_after=stop_after,
+                      **method_kwargs)
     wall = time.perf_counter() - t0
     m = {**test_metrics(model, data, teacher, cfg.device, cfg.precision), "best_epoch": res.best_epoch,
          "best_val_acc": res.best_val_acc, "train_time_s": res.wall_time_s, "wall_time_s": wall,

@@ -32,6 +32,7 @@ __all__ = [
     "plot_reliability",
     "plot_heatmaps",
     "plot_soft_targets",
+    "plot_scatter",
 ]
 
 # Short metric names map to the history column stem (train_<stem>, val_<stem>).
@@ -670,4 +671,39 @@ def plot_embedding_2d(
     axes[0][-1].legend(markerscale=4, fontsize="x-small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def plot_scatter(
+    points: Mapping[str, Sequence[tuple[float, float]]],
+    xlabel: str,
+    ylabel: str,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    logx: bool = False,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """One marker per (x, y) point, one colour per series; ``labels`` optionally names each point of a
+    series (written beside it), e.g. student accuracy against teacher size, one point per teacher."""
+    _check_nonempty_mapping(points, "points")
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
+    for (name, pts), color in zip(points.items(), _colors(len(points))):
+        xy = _to_numpy(list(pts), f"points[{name!r}]").astype(float).reshape(-1, 2)
+        if logx and np.any(xy[:, 0] <= 0):
+            raise ValueError(f"logx=True needs all x values > 0 (series {name!r})")
+        ax.scatter(xy[:, 0], xy[:, 1], color=color, label=name, s=30, zorder=3)
+        names = (labels or {}).get(name)
+        if names is not None:
+            if len(names) != len(xy):
+                raise ValueError(f"labels[{name!r}] has {len(names)} entries for {len(xy)} points")
+            for (x, y), text in zip(xy, names):
+                ax.annotate(str(text), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
     return _finish(fig, path)

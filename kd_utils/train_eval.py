@@ -183,7 +183,7 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
         train_extras: Sequence[torch.Tensor] = (), epoch_extras: Sequence[torch.Tensor] = (),
         checkpoint_path: str | Path | None = None,
         state_path: str | Path | None = None, resume: bool = False, progress: bool = True,
-        desc: str | None = None, restore_best: bool = True) -> FitResult:
+        desc: str | None = None, restore_best: bool = True, stop_after: int | None = None) -> FitResult:
     """Train ``model`` on ``data`` (a :class:`~kd_utils.data.DataBundle`) following ``cfg``.
 
     ``method`` is a distiller whose ``student`` is ``model`` (default: plain cross-entropy).
@@ -195,6 +195,9 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     states, history) is written there atomically; with ``resume=True`` a run that was interrupted
     (Ctrl-C, SIGTERM, SIGKILL) continues from its last completed epoch and ends with the same
     numbers as an uninterrupted run. Returns a :class:`FitResult` with one history row per epoch.
+
+    ``stop_after``: train only the first ``stop_after`` epochs of ``cfg``'s schedule (an early-stopped
+    run: the learning rate follows the full run's schedule up to that epoch).
 
     ``train_extras``: per-sample tensors batched with the images (cached logits of an un-augmented
     transfer set). ``epoch_extras``: tensors (epochs, N, ...) holding, for every epoch of the run's
@@ -215,6 +218,9 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
         if e.dim() < 2 or e.shape[0] < cfg.epochs or e.shape[1] != n_train:
             raise ValueError(f"epoch_extras of shape {tuple(e.shape)} do not cover this run: need at least "
                              f"({cfg.epochs}, {n_train}, ...) (epochs, training samples)")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or not 1 <= stop_after <= cfg.epochs):
+        raise ValueError(f"stop_after must be an epoch in 1..{cfg.epochs} (cfg.epochs), got {stop_after!r}")
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path (where the per-epoch training state is kept)")
     from . import distributed as D
@@ -272,8 +278,9 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
             print(f"resuming {desc or type(method).__name__} after epoch {st['epoch']} from {state_path}")
 
     start = time.perf_counter()
-    bar = tqdm(range(first_epoch, cfg.epochs + 1), desc=desc or type(method).__name__, disable=not (progress and main),
-               unit="epoch", initial=first_epoch - 1, total=cfg.epochs)
+    last_epoch = cfg.epochs if stop_after is None else stop_after
+    bar = tqdm(range(first_epoch, last_epoch + 1), desc=desc or type(method).__name__, disable=not (progress and main),
+               unit="epoch", initial=first_epoch - 1, total=last_epoch)
     for epoch in bar:
         t0 = time.perf_counter()
         method.train()
