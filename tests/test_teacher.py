@@ -89,3 +89,20 @@ def test_teacher_refuses_the_wrong_split_and_unknown_kinds(tmp_path):
     assert not any(tmp_path.rglob("*.pt"))  # nothing half-written
     with pytest.raises(ValueError, match=r"unknown teacher kind 'resnet'; known: \['cifar', 'hinton'\]"):
         T.load_teacher("resnet", "smoke", root=tmp_path)
+
+
+HINTON_REFERENCE = T.REFERENCE_DIR / T.teacher_filename("cpu", "hinton")
+
+
+@pytest.mark.skipif(not HINTON_REFERENCE.exists(), reason="no committed cpu Hinton teacher")
+def test_committed_hinton_teacher_matches_its_record():
+    payload = load_checkpoint(HINTON_REFERENCE)  # checksum verified
+    assert HINTON_REFERENCE.stat().st_size <= 10.5 * 2**20
+    spec = T.teacher_spec("cpu", "hinton")
+    assert payload["extra"]["teacher_spec"] == T._plain(spec)
+    epochs = PROFILES["cpu"].recipes["hinton_teacher"]["epochs"]
+    assert payload["metrics"]["train_images"] == 60000 and payload["metrics"]["best_epoch"] == epochs  # last epoch
+    model = T._load(HINTON_REFERENCE, spec)
+    errors = evaluate(model, get_data("mnist", val_fraction=0), "test", device="cpu", precision="fp32").errors
+    assert errors <= 100  # a trained teacher, not a corrupted or untrained file
+    assert abs(errors - payload["metrics"]["test_errors"]) <= 5  # recorded under bf16: a few images apart
