@@ -34,7 +34,6 @@ KINDS: dict[str, dict[str, Any]] = {
     "cifar": {"dataset": "cifar10", "val_fraction": 0.1, "role": "cifar_teacher", "recipe": "cifar_teacher"},
     "hinton": {"dataset": "mnist", "val_fraction": 0.0, "arch": {"name": "hinton_teacher"}, "recipe": "hinton_teacher"},
 }
-DATASET = KINDS["cifar"]["dataset"]
 
 
 def _profile(profile: str | Profile | None) -> Profile:

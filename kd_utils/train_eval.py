@@ -331,11 +331,12 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
         # Without a validation split there is nothing to select on: the last epoch is kept (the paper
-        # protocol of training on every image for a fixed number of epochs); best_val_acc is then NaN.
-        score = row["val_acc"] if has_val else math.nan
-        if not has_val or score > best["acc"]:
-            best = {"acc": score, "epoch": epoch,
-                    "state": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}}
+        # protocol of training on every image for a fixed number of epochs), so no weights are copied
+        # aside (the model is its own last epoch) and best_val_acc is NaN.
+        if not has_val or row["val_acc"] > best["acc"]:
+            best = {"acc": row["val_acc"] if has_val else math.nan, "epoch": epoch,
+                    "state": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+                    if has_val else None}
             if checkpoint_path is not None and main:
                 from .checkpoint import save_checkpoint
                 save_checkpoint(checkpoint_path, model, config=cfg.to_dict(), seed=cfg.seed,
