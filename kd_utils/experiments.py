@@ -167,9 +167,14 @@ def test_metrics(model: nn.Module, data, teacher: nn.Module | None = None, devic
     out = {"test_accuracy": ev.accuracy, "test_errors": ev.errors, "test_loss": ev.loss,
            "ece": metrics.expected_calibration_error(ev.logits, ev.labels)}
     if teacher is not None:
-        t = test_logits(teacher, data, device, precision)
-        out.update(agreement=metrics.agreement(t, ev.logits), kl=metrics.kl_divergence(t, ev.logits))
+        out.update(_teacher_metrics(teacher, ev.logits, data, device, precision))
     return out
+
+
+def _teacher_metrics(teacher: nn.Module, logits: torch.Tensor, data, device, precision) -> dict[str, float]:
+    """Top-1 agreement and KL(teacher || model) of a model's test logits with a teacher's."""
+    t = test_logits(teacher, data, device, precision)
+    return {"agreement": metrics.agreement(t, logits), "kl": metrics.kl_divergence(t, logits)}
 
 
 def fidelity(teacher: nn.Module, student: nn.Module, data, splits=("train", "test"), device="auto",
@@ -216,9 +221,15 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
             if saved.get("key") == key:
                 model = load_model(folder / "model.pt")
                 history = pd.read_csv(folder / "history.csv")
+                m = saved["metrics"]
+                if method == "ce":  # trained without a teacher: agreement is with the teacher asked about now
+                    m = {k: v for k, v in m.items() if k not in ("agreement", "kl")}
+                    if teacher is not None:
+                        m.update(_teacher_metrics(teacher, test_logits(model, data, cfg.device, cfg.precision), data,
+                                                  cfg.device, cfg.precision))
                 if progress:
-                    print(f"[reused] {name}: test accuracy {saved['metrics']['test_accuracy']:.4f} ({folder})")
-                return Run(name, model, history, saved["metrics"], True, folder, spec)
+                    print(f"[reused] {name}: test accuracy {m['test_accuracy']:.4f} ({folder})")
+                return Run(name, model, history, m, True, folder, spec)
         except (OSError, ValueError, KeyError, CheckpointError) as e:
             print(f"[rerun] {name}: stored run unusable ({e})")
     spec_model = dict(student)

@@ -103,3 +103,27 @@ def test_run_notebooks_sets_the_fresh_switch_for_the_kernel(tmp_path):
         out = nbformat.read(tmp_path / "results" / "smoke" / "executed" / "probe.ipynb", as_version=4)
         seen[fresh] = out.cells[0].outputs[0]["text"].strip()
     assert seen == {None: "fresh=0", True: "fresh=1"}  # smoke reuses by default; the cpu reference is fresh
+
+
+def test_reused_scratch_run_reports_agreement_with_the_teacher_asked_about(toy_cifar, tmp_path, monkeypatch):
+    # a "ce" run's key ignores the teacher, so a run stored without one (or with another) must not leak its
+    # agreement into a caller that passes a teacher -- nor drop it
+    monkeypatch.delenv("KD_FRESH_RUNS", raising=False)
+    kw = dict(profile="smoke", root=tmp_path, progress=False)
+    alone = run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
+    assert "agreement" not in alone.metrics
+    teacher = _teacher()
+    again = run_experiment("ce", STUDENT, toy_cifar, _cfg(), teacher=teacher, **kw)
+    assert again.reused
+    loader = toy_cifar.loader("test", batch_size=256)
+    t, _ = E.predict(teacher, loader, "cpu", "fp32")
+    s, _ = E.predict(again.model, loader, "cpu", "fp32")
+    expected = (t.argmax(1) == s.argmax(1)).float().mean().item()
+    assert abs(again.metrics["agreement"] - expected) < 1e-9
+    kl = torch.nn.functional.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean")
+    assert abs(again.metrics["kl"] - kl.item()) < 1e-5
+    other = build_model("vgg8", width=0.125).eval()  # another teacher: its own agreement, not the first one's
+    third = run_experiment("ce", STUDENT, toy_cifar, _cfg(), teacher=other, **kw)
+    t2, _ = E.predict(other, loader, "cpu", "fp32")
+    assert abs(third.metrics["agreement"] - (t2.argmax(1) == s.argmax(1)).float().mean().item()) < 1e-9
+    assert "agreement" not in run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw).metrics
