@@ -222,11 +222,9 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
                 model = load_model(folder / "model.pt")
                 history = pd.read_csv(folder / "history.csv")
                 m = saved["metrics"]
-                if method == "ce":  # trained without a teacher: agreement is with the teacher asked about now
-                    m = {k: v for k, v in m.items() if k not in ("agreement", "kl")}
-                    if teacher is not None:
-                        m.update(_teacher_metrics(teacher, test_logits(model, data, cfg.device, cfg.precision), data,
-                                                  cfg.device, cfg.precision))
+                if method == "ce" and teacher is not None:  # never stored (see below): with the teacher asked about
+                    m = {**m, **_teacher_metrics(teacher, test_logits(model, data, cfg.device, cfg.precision), data,
+                                                 cfg.device, cfg.precision)}
                 if progress:
                     print(f"[reused] {name}: test accuracy {m['test_accuracy']:.4f} ({folder})")
                 return Run(name, model, history, m, True, folder, spec)
@@ -256,10 +254,13 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
          "teacher_outputs": res.config["teacher_outputs"], "extra_parameters": res.config.get("extra_parameters", 0),
          "stage1_time_s": res.config.get("stage1_time_s", 0.0)}
     folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(folder / "model.pt", model, config=cfg.to_dict(), seed=cfg.seed, metrics=m,
+    # A "ce" run's key ignores the teacher, so its record keeps no teacher-dependent metrics: a later
+    # caller may reuse it beside another teacher, or none.
+    stored = {k: v for k, v in m.items() if k not in ("agreement", "kl")} if method == "ce" else m
+    save_checkpoint(folder / "model.pt", model, config=cfg.to_dict(), seed=cfg.seed, metrics=stored,
                     extra={"run": name, "key": key})
     write_text(folder / "history.csv", res.history.to_csv(index=False))
-    write_json(record, {"name": name, "key": key, "metrics": m, "spec": spec, "versions": versions()})  # last
+    write_json(record, {"name": name, "key": key, "metrics": stored, "spec": spec, "versions": versions()})  # last
     _TRAINED_HERE.add(str(folder))
     if progress:
         print(f"[trained] {name}: test accuracy {m['test_accuracy']:.4f} in {wall:.0f} s ({res.config['teacher_outputs']})")
