@@ -59,16 +59,21 @@ def _require_plain(obj: Any, where: str, path: str = "") -> None:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, *, config: dict | None = None, metrics: dict | None = None,
-                    seed: int | None = None, extra: dict | None = None) -> Path:
+                    seed: int | None = None, extra: dict | None = None,
+                    state_dtype: torch.dtype | None = None) -> Path:
     """Save ``model`` with its metadata, atomically.
 
     A model from :func:`kd_utils.models.build_model` (or a registered constructor) records its
     ``.arch`` so :func:`load_model` can rebuild it. Any other ``nn.Module`` is saved with its class
     (module and qualified name); load it back with ``load_weights(MyNet(...), path)``.
+    ``state_dtype`` (e.g. ``torch.float16``) stores floating-point tensors in that type; loading casts
+    them back to the model's.
     """
     check_savable(model, config=config, metrics=metrics, extra=extra)
     arch = getattr(model, "arch", None)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if state_dtype is not None:
+        state = {k: v.to(state_dtype) if v.is_floating_point() else v for k, v in state.items()}
     cls = type(model)
     payload = {"format": FORMAT, "arch": _plain(arch), "module_class": f"{cls.__module__}:{cls.__qualname__}",
                "state_dict": state, "sha256": state_digest(state),

@@ -4,7 +4,8 @@
     train-teacher   the CIFAR-10 seed's ResNet-style teacher -> best_teacher.pth
     distill         load best_teacher.pth, train the KD and baseline students, print the table
     fetch-data      fetch, verify and cache data sets
-    run-notebooks   execute the notebooks (make run)
+    run-notebooks   execute the notebooks (make run): replay, fresh or reuse
+    replayable      the notebooks whose runs are committed (make test replays them)
     info            profiles, models, library versions
 """
 from __future__ import annotations
@@ -110,14 +111,29 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replayable(a: argparse.Namespace) -> int:
+    from .config import DEFAULT_PROFILE
+    from .notebooks import NOTEBOOKS
+    from .runs import replayable, size_bytes
+    ok, skipped = replayable(a.notebooks or NOTEBOOKS, DEFAULT_PROFILE)
+    print(" ".join(ok))
+    if a.explain:
+        for nb, why in skipped.items():
+            print(f"[replay skipped] {nb}: {why}", file=sys.stderr)
+        print(f"[replay] {len(ok)} notebook(s) replayable; committed runs: {size_bytes(DEFAULT_PROFILE) / 2**20:.1f} MB",
+              file=sys.stderr)
+    return 0
+
+
 def _cmd_run_notebooks(a: argparse.Namespace) -> int:
     from .config import output_dirs
     from .notebooks import run_notebooks
-    records = run_notebooks(a.profile, a.notebooks or None, timeout=a.timeout,
-                            fresh=True if a.fresh else (False if a.reuse_runs else None))
+    records = run_notebooks(a.profile, a.notebooks or None, timeout=a.timeout, mode=a.mode)
     ran = [r for r in records if r["status"] == "ok"]
     missing = [r["notebook"] for r in records if r["status"] == "missing"]
-    print(f"\nexecuted {len(ran)} notebook(s)" + (f"; not written yet: {', '.join(missing)}" if missing else ""))
+    skipped = [r["notebook"] for r in records if r["status"] == "skipped"]
+    print(f"\nexecuted {len(ran)} notebook(s)" + (f"; not written yet: {', '.join(missing)}" if missing else "")
+          + (f"; skipped (runs not committed): {', '.join(skipped)}" if skipped else ""))
     from .config import PROFILE_NAMES, get_profile
     dirs = output_dirs(a.profile, create=False)
     others = {n for n in PROFILE_NAMES if n != get_profile(a.profile).name}
@@ -196,13 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run-notebooks", help="execute the suite's notebooks headless")
     r.add_argument("--profile", default=None, choices=["smoke", "cpu", "gpu"], help="default: $KD_PROFILE or cpu")
     r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
-    g = r.add_mutually_exclusive_group()
-    g.add_argument("--reuse-runs", action="store_true",
-                   help="reuse finished runs with an identical specification (default for non-cpu profiles)")
-    g.add_argument("--fresh", action="store_true",
-                   help="retrain every run (default for the cpu profile, whose notebooks are the reference)")
+    r.add_argument("--mode", default=None, choices=["replay", "fresh", "reuse"],
+                   help="replay: rebuild from the committed runs, train nothing (default for cpu); fresh: retrain "
+                        "every run and replace the committed notebook and runs; reuse: train only what no stored "
+                        "run covers (default for smoke and gpu)")
     r.add_argument("notebooks", nargs="*", help="notebook files (default: all five)")
     r.set_defaults(func=_cmd_run_notebooks)
+
+    q = sub.add_parser("replayable", help="print the notebooks whose runs are committed (replay-testable)")
+    q.add_argument("--explain", action="store_true", help="also say, on stderr, why each other notebook is skipped")
+    q.add_argument("notebooks", nargs="*", help="notebook files (default: all five)")
+    q.set_defaults(func=_cmd_replayable)
     return p
 
 

@@ -199,8 +199,10 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str | None = None) -> Profile:
-    """The named profile, else ``$KD_PROFILE``, else ``cpu``."""
+def get_profile(name: "str | Profile | None" = None) -> Profile:
+    """The named profile (a :class:`Profile` is returned as it is), else ``$KD_PROFILE``, else ``cpu``."""
+    if isinstance(name, Profile):
+        return name
     name = name or os.environ.get("KD_PROFILE") or DEFAULT_PROFILE
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILE_NAMES)}")

@@ -101,6 +101,7 @@ class CohortDistiller(Distiller):
         self.mutual_temperature = float(mutual_temperature)
 
     logits_only = True  # the teacher's logits are all it reads
+    family = "ensemble"
 
     def forward(self, x, y, *extras):
         logits = self.student.all_logits(x)

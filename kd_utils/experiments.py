@@ -4,15 +4,15 @@ Imports run one way: ``train_kd`` (methods) <- ``train_eval`` (the loop) <- this
 
 ``run_experiment`` runs a training run described completely by its specification (student
 architecture, method and hyper-parameters, training config, data, teacher checksum, augmentation
-plan, and the source code of ``kd_utils``) and stores its checkpoint, history and metrics under
-``models/<profile>/runs/``. Asked again with exactly the same specification, it reuses the stored
-run instead of training: an interrupted notebook, or one re-executed after editing prose or plots,
-retrains only what did not finish. ``fresh=True`` or ``KD_FRESH_RUNS=1`` forces new runs (the
-committed reference notebooks are executed that way).
+plan, and the numerics versions of the code it uses, :mod:`kd_utils.numerics`) and stores its
+record, logits and weights (:mod:`kd_utils.runs`). Asked again with the same specification, it
+reuses the stored run instead of training: an interrupted notebook, or one re-executed after editing
+prose, plots or any code that does not change training numbers, retrains nothing. ``mode="fresh"``
+(``KD_RUNS=fresh``) retrains; ``mode="replay"`` never trains and rebuilds a notebook from its
+committed runs.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -23,15 +23,15 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from . import metrics
+from . import metrics, numerics, runs
+from .checkpoint import CheckpointError
 from .config import Profile, TrainConfig, get_profile, output_dirs
 from .plans import AugmentationPlan, data_fingerprint, teacher_digest, teacher_outputs
 from .train_eval import FitResult, evaluate, fit, predict
-from .train_kd import build_distiller
-
-FRESH_ENV = "KD_FRESH_RUNS"
+from .train_kd import DISTILLERS, build_distiller
 
 
 # ------------------------------------------------------------ distillation ----
@@ -95,31 +95,44 @@ def distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, m
 
 
 # ------------------------------------------------------------- memoised runs ----
-@functools.lru_cache(maxsize=1)
-def source_digest() -> str:
-    """sha256 of every Python file of ``kd_utils``: a code change invalidates stored runs."""
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for p in sorted(root.rglob("*.py")):
-        h.update(str(p.relative_to(root)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 @dataclass
 class Run:
-    """A finished training run: the trained model (eval mode), its history and test metrics."""
+    """A finished training run: its record (history, teacher-free test metrics, stored logits) and,
+    where stored, its model (eval mode). ``metrics`` adds agreement and KL with the teacher the
+    caller passed, computed from the stored test logits."""
     name: str
-    model: nn.Module
     history: pd.DataFrame
     metrics: dict[str, Any]
     reused: bool
     path: Path
     spec: dict[str, Any] = field(repr=False, default_factory=dict)
+    record: dict[str, Any] = field(repr=False, default_factory=dict)
+    _model: nn.Module | None = field(repr=False, default=None)
+    _weights_fallback: Path | None = field(repr=False, default=None)
 
     @property
     def accuracy(self) -> float:
         return self.metrics["test_accuracy"]
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained model; loaded from the stored weights on first use (``RunError`` when the run
+        was committed without them)."""
+        if self._model is None:
+            self._model = runs.load_weights(self.path, self._weights_fallback)
+        return self._model
+
+    @property
+    def key(self) -> str:
+        return self.record.get("key", "")
+
+    def logits(self, split: str = "test") -> torch.Tensor:
+        """The run's stored logits of ``split`` ("test" or "val"), float32."""
+        stored = runs.read_logits(self.path)
+        if split not in stored or stored[split] is None:
+            raise ValueError(f"run {self.name!r} stores logits for {sorted(k for k, v in stored.items() if v is not None)}"
+                             f", not {split!r}")
+        return stored[split].float()
 
     def __repr__(self) -> str:
         return (f"Run({self.name!r}, test_accuracy={self.accuracy:.4f}, "
@@ -128,57 +141,61 @@ class Run:
 
 def run_spec(student: dict, data, cfg: TrainConfig, method: str, method_kwargs: dict,
              teacher: nn.Module | None) -> dict:
-    """The complete specification of a run; its hash names the stored run."""
+    """The complete specification of a run; its hash names the stored run.
+
+    It holds what can change the run's numbers: model, method and hyper-parameters, training config,
+    data, teacher checksum, augmentation plan, and the numerics versions of the code families the run
+    uses (:mod:`kd_utils.numerics`) -- not the source of plots, analysis, the CLI or docstrings."""
+    if method not in DISTILLERS:
+        raise ValueError(f"unknown distillation method {method!r}; known: {', '.join(DISTILLERS)}")
     return {"student": dict(student), "method": method, "method_kwargs": dict(sorted(method_kwargs.items())),
             "config": cfg.to_dict(), "data": data_fingerprint(data), "test_n": int(len(data.y_test)),
             "teacher_sha256": teacher_digest(teacher) if teacher is not None else None,
-            "plan": {"seed": cfg.plan_seed, "augment": cfg.augment}, "kd_utils_source": source_digest()}
+            "plan": {"seed": cfg.plan_seed, "augment": cfg.augment},
+            "numerics": numerics.versions_for(DISTILLERS[method], teacher is not None)}
 
 
 def spec_key(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _fresh(fresh: bool | None) -> bool:
-    if fresh is not None:
-        return fresh
-    return os.environ.get(FRESH_ENV, "") not in ("", "0")
-
-
-# Runs trained by this process: reused even in fresh mode (a sweep point equal to a main run is one run).
-_TRAINED_HERE: set[str] = set()
-
-
 _TEST_LOGITS: dict[tuple, torch.Tensor] = {}
+EVAL_PRECISION = "fp32"  # records are evaluated in fp32: the same numbers on every CPU, bf16 units or not
 
 
-def test_logits(model: nn.Module, data, device="auto", precision="auto") -> torch.Tensor:
+def test_logits(model: nn.Module, data, device="auto", precision=EVAL_PRECISION) -> torch.Tensor:
     """A model's test-set logits (float32, CPU), computed once per (weights, test set)."""
-    key = (teacher_digest(model), data.name, len(data.y_test), int(data.y_test[:64].sum()))
+    key = (teacher_digest(model), data.name, len(data.y_test), int(data.y_test[:64].sum()), precision)
     if key not in _TEST_LOGITS:
         _TEST_LOGITS[key] = predict(model, data.loader("test", batch_size=1024), device, precision)[0]
     return _TEST_LOGITS[key]
 
 
+def logits_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Test accuracy, errors, loss and ECE of stored logits."""
+    logits = logits.float()
+    return {"test_accuracy": metrics.accuracy(logits, labels), "test_errors": metrics.error_count(logits, labels),
+            "test_loss": F.cross_entropy(logits, labels).item(), "ece": metrics.expected_calibration_error(logits, labels)}
+
+
 def test_metrics(model: nn.Module, data, teacher: nn.Module | None = None, device="auto",
-                 precision="auto") -> dict[str, float]:
+                 precision=EVAL_PRECISION) -> dict[str, float]:
     """Test accuracy, errors, loss and ECE; with a teacher also top-1 agreement and KL(teacher||model)."""
-    ev = evaluate(model, data, "test", device=device, precision=precision)
-    out = {"test_accuracy": ev.accuracy, "test_errors": ev.errors, "test_loss": ev.loss,
-           "ece": metrics.expected_calibration_error(ev.logits, ev.labels)}
+    logits = test_logits(model, data, device, precision)
+    out = logits_metrics(logits, data.y_test)
     if teacher is not None:
-        out.update(_teacher_metrics(teacher, ev.logits, data, device, precision))
+        out.update(teacher_metrics(teacher, logits, data, device))
     return out
 
 
-def _teacher_metrics(teacher: nn.Module, logits: torch.Tensor, data, device, precision) -> dict[str, float]:
+def teacher_metrics(teacher: nn.Module, logits: torch.Tensor, data, device="auto") -> dict[str, float]:
     """Top-1 agreement and KL(teacher || model) of a model's test logits with a teacher's."""
-    t = test_logits(teacher, data, device, precision)
-    return {"agreement": metrics.agreement(t, logits), "kl": metrics.kl_divergence(t, logits)}
+    t = test_logits(teacher, data, device)
+    return {"agreement": metrics.agreement(t, logits.float()), "kl": metrics.kl_divergence(t, logits.float())}
 
 
 def fidelity(teacher: nn.Module, student: nn.Module, data, splits=("train", "test"), device="auto",
-             precision="auto") -> pd.DataFrame:
+             precision=EVAL_PRECISION) -> pd.DataFrame:
     """How closely a student follows its teacher (Stanton et al. 2021), per un-augmented split: top-1
     agreement, KL(teacher || student) at T = 1, and both models' accuracy. One row per split."""
     rows = []
@@ -191,80 +208,129 @@ def fidelity(teacher: nn.Module, student: nn.Module, data, splits=("train", "tes
     return pd.DataFrame(rows).set_index("split")
 
 
-def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: str = "ce",
-                   teacher: nn.Module | None = None, profile: str | Profile | None = None,
-                   fresh: bool | None = None, progress: bool = True, root: str | os.PathLike | None = None,
-                   stop_after: int | None = None, **method_kwargs: Any) -> Run:
-    """Train (or reuse) one run and return it with its test metrics.
+# Every run this process asked for, in order: what a notebook's summary cell counts.
+RUNS_USED: list[Run] = []
 
-    ``student``: a model spec ``{"name": "vgg8", "width": 0.25}`` (built with ``build_model``
-    after seeding with ``cfg.seed``, so a seed gives the same initialisation). ``method``: a
-    distiller name (``"ce"``, ``"kd"``, ``"mse"``, ...) with its ``method_kwargs``; teacher outputs
-    are cached as :func:`distill` does. A stored run is reused only when the whole specification,
-    including the source of ``kd_utils``, is identical; in fresh mode only runs trained by this
-    process are reused. ``stop_after``: an early-stopped run (the first epochs of ``cfg``'s schedule).
-    """
-    from .checkpoint import CheckpointError, load_model, save_checkpoint
-    from .fileio import write_json, write_text
+
+def _train(name: str, student: dict, data, cfg: TrainConfig, method: str, teacher: nn.Module | None,
+           progress: bool, stop_after: int | None, method_kwargs: dict):
+    """Build the seeded student and train it with ``method``; returns (model, FitResult)."""
     from .models import build_model
-    from .runtime import seed_everything, versions
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    spec = run_spec(student, data, cfg, method, method_kwargs, teacher if method != "ce" else None)
-    if stop_after is not None:
-        spec["stop_after"] = int(stop_after)
-    key = spec_key(spec)
-    folder = output_dirs(prof, root=root, create=False)["models"] / "runs" / f"{name}-{key[:12]}"
-    record = folder / "run.json"
-    if (not _fresh(fresh) or str(folder) in _TRAINED_HERE) and record.exists():
-        try:
-            saved = json.loads(record.read_text())
-            if saved.get("key") == key:
-                model = load_model(folder / "model.pt")
-                history = pd.read_csv(folder / "history.csv")
-                m = saved["metrics"]
-                if method == "ce" and teacher is not None:  # never stored (see below): with the teacher asked about
-                    m = {**m, **_teacher_metrics(teacher, test_logits(model, data, cfg.device, cfg.precision), data,
-                                                 cfg.device, cfg.precision)}
-                if progress:
-                    print(f"[reused] {name}: test accuracy {m['test_accuracy']:.4f} ({folder})")
-                return Run(name, model, history, m, True, folder, spec)
-        except (OSError, ValueError, KeyError, CheckpointError) as e:
-            print(f"[rerun] {name}: stored run unusable ({e})")
+    from .runtime import seed_everything
     spec_model = dict(student)
     seed_everything(cfg.seed)
     model = build_model(spec_model.pop("name"), num_classes=data.num_classes, **spec_model)
-    t0 = time.perf_counter()
-    if method != "ce" and teacher is None:  # a teacher-free method (e.g. mutual learning in a cohort)
-        res = fit(model, data, cfg, progress=progress, desc=name, stop_after=stop_after,
-                  method=build_distiller(method, model, None, **method_kwargs))
-        res.config["teacher_outputs"] = "none"
-    elif method == "ce":
-        if method_kwargs:
-            raise ValueError(f"method 'ce' takes no arguments (label smoothing is TrainConfig.label_smoothing); "
-                             f"got {sorted(method_kwargs)}")
-        res = fit(model, data, cfg, progress=progress, desc=name, stop_after=stop_after)
+    if method == "ce" and method_kwargs:
+        raise ValueError(f"method 'ce' takes no arguments (label smoothing is TrainConfig.label_smoothing); "
+                         f"got {sorted(method_kwargs)}")
+    if method == "ce" or teacher is None:  # plain CE, or a teacher-free method (mutual learning in a cohort)
+        distiller = None if method == "ce" else build_distiller(method, model, None, **method_kwargs)
+        res = fit(model, data, cfg, progress=progress, desc=name, stop_after=stop_after, method=distiller)
         res.config["teacher_outputs"] = "none"
     else:
         res = distill(model, teacher, data, cfg, method=method, progress=progress, desc=name, stop_after=stop_after,
                       **method_kwargs)
+    return model, res
+
+
+def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: str = "ce",
+                   teacher: nn.Module | None = None, profile: str | Profile | None = None,
+                   mode: str | None = None, progress: bool = True, root: str | os.PathLike | None = None,
+                   stop_after: int | None = None, keep_weights: bool = False, **method_kwargs: Any) -> Run:
+    """Train (or reuse, or replay) one run and return it with its test metrics.
+
+    ``student``: a model spec ``{"name": "vgg8", "width": 0.25}`` (built with ``build_model``
+    after seeding with ``cfg.seed``, so a seed gives the same initialisation). ``method``: a
+    distiller name (``"ce"``, ``"kd"``, ``"mse"``, ...) with its ``method_kwargs``; teacher outputs
+    are cached as :func:`distill` does. ``stop_after``: an early-stopped run (the first epochs of
+    ``cfg``'s schedule). ``mode``: ``reuse``/``fresh``/``replay`` (default ``$KD_RUNS``, else reuse;
+    see :mod:`kd_utils.runs`). ``keep_weights``: the reference store keeps this run's weights (a
+    notebook cell reads them, e.g. for CKA, or it teaches another run); every other run is committed
+    as its record and logits only.
+
+    A stored run is reused only when its key (:func:`run_spec`: the specification and the numerics
+    versions of the code it uses) is identical. The trained model's weights are rounded to float16
+    (what the record stores) before it is evaluated, so a replayed run equals a fresh one.
+    """
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    mode = runs.run_mode(mode)
+    spec = run_spec(student, data, cfg, method, method_kwargs, teacher if method != "ce" else None)
+    if stop_after is not None:
+        spec["stop_after"] = int(stop_after)
+    key = spec_key(spec)
+    places = runs.stores(prof, root)
+    order = [places["reference"]] if mode == "replay" else [places["training"], places["reference"]]
+    found = runs.find(name, key, order)
+    if found is not None:
+        record = runs.read_record(found)
+        if mode != "fresh" or record.get("session") == runs.session_id():
+            try:
+                fallback = None if mode == "replay" else places["training"] / found.name  # replay: as committed
+                run = _from_record(name, found, record, spec, data, teacher, cfg, fallback)
+            except (OSError, ValueError, KeyError, CheckpointError, runs.RunError) as e:
+                if mode == "replay":
+                    raise runs.RunError(f"committed run {found.name} is unusable: {e}") from None
+                print(f"[rerun] {name}: stored run unusable ({e})")
+            else:
+                if progress:
+                    print(f"[{'replayed' if mode == 'replay' else 'reused'}] {name}: test accuracy "
+                          f"{run.accuracy:.4f} ({found})")
+                runs.note_use(prof, found, keep_weights, root)
+                RUNS_USED.append(run)
+                return run
+    if mode == "replay":
+        raise runs.RunError(f"run {name!r} cannot be replayed: {runs.explain_mismatch(name, spec, order)}; "
+                            f"re-execute {os.environ.get(runs.NOTEBOOK_ENV) or 'the notebook that makes it'} "
+                            "with `make run FRESH=1`")
+    t0 = time.perf_counter()
+    model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs)
     wall = time.perf_counter() - t0
-    m = {**test_metrics(model, data, teacher, cfg.device, cfg.precision), "best_epoch": res.best_epoch,
+    runs.round_weights(model.cpu()).eval()
+    logits = {"test": predict(model, data.loader("test", batch_size=1024), cfg.device, EVAL_PRECISION)[0],
+              "val": (predict(model, data.loader("val", batch_size=1024), cfg.device, EVAL_PRECISION)[0]
+                      if len(data.y_val) else None)}
+    logits = {k: None if v is None else v.to(runs.LOGITS_DTYPE) for k, v in logits.items()}
+    m = {**logits_metrics(logits["test"], data.y_test), "best_epoch": res.best_epoch,
          "best_val_acc": res.best_val_acc, "train_time_s": res.wall_time_s, "wall_time_s": wall,
          "epoch_time_s": float(res.history["time_s"].mean()), "precision": res.config["precision_used"],
          "teacher_outputs": res.config["teacher_outputs"], "extra_parameters": res.config.get("extra_parameters", 0),
          "stage1_time_s": res.config.get("stage1_time_s", 0.0)}
-    folder.mkdir(parents=True, exist_ok=True)
-    # A "ce" run's key ignores the teacher, so its record keeps no teacher-dependent metrics: a later
-    # caller may reuse it beside another teacher, or none.
-    stored = {k: v for k, v in m.items() if k not in ("agreement", "kl")} if method == "ce" else m
-    save_checkpoint(folder / "model.pt", model, config=cfg.to_dict(), seed=cfg.seed, metrics=stored,
-                    extra={"run": name, "key": key})
-    write_text(folder / "history.csv", res.history.to_csv(index=False))
-    write_json(record, {"name": name, "key": key, "metrics": stored, "spec": spec, "versions": versions()})  # last
-    _TRAINED_HERE.add(str(folder))
+    record = {"format": runs.FORMAT, "name": name, "key": key, "spec": spec, "metrics": m,
+              "session": runs.session_id(), "weights": True, "provenance": runs.provenance()}
+    folder = places["training"] / runs.folder_name(name, key)
+    runs.write_run(folder, record, res.history, logits, model)
     if progress:
         print(f"[trained] {name}: test accuracy {m['test_accuracy']:.4f} in {wall:.0f} s ({res.config['teacher_outputs']})")
-    return Run(name, model, res.history, m, False, folder, spec)
+    runs.note_use(prof, folder, keep_weights, root)
+    run = Run(name, res.history, _with_teacher(m, logits["test"], teacher, data, cfg), False, folder, spec, record,
+              model)
+    RUNS_USED.append(run)
+    return run
+
+
+def _with_teacher(m: dict, logits: torch.Tensor, teacher: nn.Module | None, data, cfg: TrainConfig) -> dict:
+    """A record's metrics plus agreement and KL with ``teacher`` (if any), from the stored logits."""
+    return {**m, **teacher_metrics(teacher, logits, data, cfg.device)} if teacher is not None else dict(m)
+
+
+def _from_record(name: str, folder: Path, record: dict, spec: dict, data, teacher, cfg: TrainConfig,
+                 weights_fallback: Path | None) -> Run:
+    """A stored run; where its weights are stored they are re-evaluated and must reproduce the stored
+    test logits."""
+    history = pd.read_csv(folder / "history.csv")
+    logits = runs.read_logits(folder)
+    if len(logits["test"]) != len(data.y_test):
+        raise ValueError(f"stored test logits cover {len(logits['test'])} images, the test set has {len(data.y_test)}")
+    m = {**record["metrics"], **logits_metrics(logits["test"], data.y_test)}
+    run = Run(name, history, _with_teacher(m, logits["test"], teacher, data, cfg), True, folder, spec, record, None,
+              weights_fallback)
+    if any(base is not None and (base / "model.pt").is_file() for base in (folder, weights_fallback)):
+        fresh = test_logits(run.model, data, cfg.device)
+        agree = metrics.agreement(fresh, logits["test"].float())
+        if agree < 0.999:
+            raise runs.RunError(f"stored weights of run {folder.name} no longer reproduce its record: their test "
+                                f"predictions agree with the stored ones on {100 * agree:.2f}% of images")
+    return run
 
 
 def run_seeds(name: str, student: dict, data, cfg: TrainConfig, seeds, **kwargs: Any) -> list[Run]:

@@ -190,6 +190,7 @@ class FeatureDistiller(Distiller):
     passes them as ``extras = (logits, embedding)`` instead of running the teacher.
     """
     term = "loss_feat"
+    family = "feature"
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
     cached_layer: str | None = None
@@ -380,6 +381,7 @@ class FitNetsTwoStage(HintonKD):
     short one-cycle schedule) initialise the student's lower layers, then ordinary Hinton KD trains
     the whole student. :func:`kd_utils.experiments.distill` calls :meth:`prepare` before stage 2."""
     logits_only = True
+    family = "feature"
 
     def __init__(self, student, teacher, *, hint_epochs: int = 5, hint_beta: float = 1.0, temperature: float = 4.0,
                  alpha: float = 0.9, **hint_kw):

@@ -92,13 +92,14 @@ def temperature_sweep(data, cfg: TrainConfig, teacher: nn.Module, temperatures: 
 
 def length_study(data, cfg: TrainConfig, lengths: Sequence[int], *, arch: str | None = None,
                  teacher: nn.Module | None = None, temperature: float = 20.0, alpha: float = 0.9, seed: int = 0,
-                 label: str = "teacher", progress: bool = True, **run_kwargs
+                 label: str = "teacher", progress: bool = True, keep_longest: bool = False, **run_kwargs
                  ) -> tuple[pd.DataFrame, dict[int, Run]]:
     """How long to train, measured on the validation split: one :func:`train_student` run of ``cfg``
     per length (each with its own full learning-rate schedule) of ``arch`` (default: the teacher's
     architecture alone, the student's when distilled from ``teacher``). One row per length with the
     validation errors of the last epoch (what the paper protocol would report) and of the best epoch;
-    the runs (histories with per-epoch ``val_acc``) keyed by length."""
+    the runs (histories with per-epoch ``val_acc``) keyed by length. ``keep_longest``: the reference
+    store keeps the longest run's weights (a later cell uses it, e.g. as a teacher)."""
     if len(data.y_val) == 0:
         raise ValueError("length_study needs a validation split (get_data(..., val_fraction > 0)); "
                          "the test set is never used to choose a length")
@@ -109,7 +110,8 @@ def length_study(data, cfg: TrainConfig, lengths: Sequence[int], *, arch: str | 
     n_val, rows, runs = len(data.y_val), [], {}
     for n in tqdm(list(lengths), desc=f"{label} lengths", disable=not progress):
         run, _ = train_student(data, cfg.replace(epochs=n), seed, teacher, temperature, alpha, arch=arch,
-                               kind=f"{label}-split", progress=False, **run_kwargs)
+                               kind=f"{label}-split", progress=False,
+                               keep_weights=keep_longest and n == max(lengths), **run_kwargs)
         val = run.history["val_acc"]
         rows.append({"model": label, "epochs": n, "val_errors_last": int(round((1 - val.iloc[-1]) * n_val)),
                      "val_errors_best": int(round((1 - val.max()) * n_val)),

@@ -1,10 +1,19 @@
-"""Execute the suite's notebooks headless (``make run``), each in its own kernel."""
+"""Execute the suite's notebooks headless (``make run``), each in its own kernel.
+
+Three modes (see :mod:`kd_utils.runs`): ``replay`` rebuilds every table and plot from the committed
+runs and trains nothing (the default for the default profile, whose runs are committed); ``fresh``
+retrains every run and, for the default profile, replaces the committed notebook and its committed
+runs; ``reuse`` trains only what no stored run covers (the default for the other profiles). All
+notebooks of one call share a run session, so a run two notebooks need is trained once.
+"""
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
+from . import runs
 from .config import DEFAULT_PROFILE, get_profile
 
 # The suite's notebooks, in the order a reader meets them.
@@ -17,32 +26,45 @@ NOTEBOOKS = (
 )
 
 
+def output_path(name: str, profile, mode: str, root: Path) -> Path:
+    """Where an executed notebook goes: over the committed one only for a reference (default-profile,
+    training) execution; replays go to ``results/replay/``, other profiles to ``results/<profile>/executed/``."""
+    prof = get_profile(profile)
+    if prof.name != DEFAULT_PROFILE:
+        return root / "results" / prof.name / "executed" / name
+    return root / "results" / "replay" / name if mode == "replay" else root / name
+
+
 def run_notebooks(profile: str | None = None, names: list[str] | None = None, root: str | os.PathLike = ".",
-                  timeout: int | None = None, fresh: bool | None = None) -> list[dict]:
-    """Execute notebooks with ``KD_PROFILE=profile`` and return one record per notebook.
+                  timeout: int | None = None, mode: str | None = None) -> list[dict]:
+    """Execute notebooks with ``KD_PROFILE=profile`` and ``KD_RUNS=mode``; one record per notebook.
 
-    With the default profile the executed notebook replaces the committed one (it *is* the
-    finding); other profiles write ``results/<profile>/executed/NAME`` and leave it alone.
-    Missing notebooks are reported, not fatal.
-
-    ``fresh``: retrain every memoised run (``KD_FRESH_RUNS=1``) instead of reusing stored ones.
-    Default: fresh for the default profile, whose executed notebooks are the committed reference.
+    ``mode``: default ``replay`` for the default profile, ``reuse`` otherwise. A notebook that cannot
+    be replayed (its runs are not committed) is skipped with the reason. Missing notebooks are
+    reported, not fatal. A reference execution (default profile, ``fresh`` or ``reuse``) exports the
+    runs the notebook used to the reference store (:func:`kd_utils.runs.export_notebook_runs`).
     """
     import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
 
+    from .fileio import write_text
     prof = get_profile(profile)
     root = Path(root)
     names = list(names) if names else list(NOTEBOOKS)
     unknown = [n for n in names if not n.endswith(".ipynb")]
     if unknown:
         raise ValueError(f"not notebook file names: {unknown}")
+    mode = runs.run_mode(mode or ("replay" if prof.name == DEFAULT_PROFILE else "reuse"))
+    skipped: dict[str, str] = {}
+    if mode == "replay":
+        _, skipped = runs.replayable(names, prof, root)
+    env = {"KD_PROFILE": prof.name, runs.MODE_ENV: mode, runs.SESSION_ENV: uuid.uuid4().hex[:12]}
+    if mode == "replay":  # a replay writes its results, plots and models to a scratch tree, never over the findings
+        env.update({"KD_OUTPUT_ROOT": str((root / "results" / "replay").resolve()),
+                    runs.REFERENCE_ENV: str(runs.stores(prof, root)["reference"].resolve())})
+    saved = {k: os.environ.get(k) for k in (*env, runs.NOTEBOOK_ENV)}
+    os.environ.update(env)  # the kernels inherit them
     records = []
-    if fresh is None:
-        fresh = prof.name == DEFAULT_PROFILE
-    saved = {k: os.environ.get(k) for k in ("KD_PROFILE", "KD_FRESH_RUNS")}
-    os.environ["KD_PROFILE"] = prof.name  # the kernel inherits both
-    os.environ["KD_FRESH_RUNS"] = "1" if fresh else "0"
     try:
         for name in names:
             src = root / name
@@ -50,16 +72,24 @@ def run_notebooks(profile: str | None = None, names: list[str] | None = None, ro
                 print(f"[missing] {name}: not written yet")
                 records.append({"notebook": name, "status": "missing"})
                 continue
-            dst = src if prof.name == DEFAULT_PROFILE else root / "results" / prof.name / "executed" / name
-            print(f"[run] {name} (profile {prof.name}) -> {dst}", flush=True)
+            if name in skipped:
+                print(f"[skipped] {name}: {skipped[name]}")
+                records.append({"notebook": name, "status": "skipped", "why": skipped[name]})
+                continue
+            dst = output_path(name, prof, mode, root)
+            print(f"[run] {name} (profile {prof.name}, {mode}) -> {dst}", flush=True)
+            os.environ[runs.NOTEBOOK_ENV] = name
             nb = nbformat.read(src, as_version=4)
             t0 = time.perf_counter()
             ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(root)}})
             wall = time.perf_counter() - t0
-            from .fileio import write_text
             write_text(dst, nbformat.writes(nb))
+            record = {"notebook": name, "status": "ok", "wall_time_s": round(wall, 1), "output": str(dst)}
+            if prof.name == DEFAULT_PROFILE and mode != "replay":
+                manifest = runs.export_notebook_runs(prof, name, wall_time_s=wall, root=root)
+                record["manifest"] = str(manifest) if manifest else None
             print(f"[done] {name} in {wall:.0f} s", flush=True)
-            records.append({"notebook": name, "status": "ok", "wall_time_s": round(wall, 1), "output": str(dst)})
+            records.append(record)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -26,6 +26,7 @@ from torch import nn
 from .checkpoint import CheckpointError, _plain, load_checkpoint, load_weights, save_checkpoint
 from .config import Profile, get_profile, output_dirs
 from .models import build_model
+from .runs import RunError, run_mode
 
 # Committed reference teachers live beside the notebooks (the top-level models/ folder is ignored).
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "teachers"
@@ -108,6 +109,9 @@ def load_teacher(kind: str = "cifar", profile: str | Profile | None = None, *, r
             if verbose:
                 print(f"not using {path}: {why}")
     path = candidate_paths(prof, root, kind)[-1]
+    if run_mode() == "replay":
+        raise RunError(f"no committed {kind} teacher matches the {prof.name!r} profile's specification and replay "
+                       f"mode trains nothing: commit one (python -m kd_utils run-notebooks --mode fresh)")
     if verbose:
         print(f"training the {spec['arch']['name']} teacher for profile {prof.name!r} -> {path}")
     train_teacher(kind, prof, path, data=data, progress=progress)

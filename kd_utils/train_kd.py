@@ -48,8 +48,11 @@ class Distiller(nn.Module):
     """Base class: a student, a frozen teacher (or none), and any extra learnable parts.
 
     ``logits_only``: the method reads nothing of the teacher but its logits, so they may come from
-    a cache (the first of ``extras``) instead of a teacher forward pass."""
+    a cache (the first of ``extras``) instead of a teacher forward pass.
+    ``family``: the method family whose numerics version keys its runs (:mod:`kd_utils.numerics`);
+    None for plain cross-entropy, which only the loop's version covers."""
     logits_only = False
+    family: str | None = None
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
         super().__init__()
@@ -110,6 +113,7 @@ class SoftTargetDistiller(Distiller):
     and the name of its term. alpha=1 is soft-only, alpha=0 hard-only."""
     term = "loss_soft"
     logits_only = True
+    family = "logit"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, alpha: float = 0.9):
         if not 0 <= alpha <= 1:  # also rejects NaN

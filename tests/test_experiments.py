@@ -1,16 +1,24 @@
-"""Memoised experiment runs: reused only for an identical specification, forced fresh on request."""
+"""Memoised experiment runs: keyed on what changes their numbers, stored with their evidence, replayable."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
+import pytest
 import torch
 
 from kd_utils import build_model
-from kd_utils.config import TrainConfig
 from kd_utils import experiments as E
+from kd_utils import numerics, runs
+from kd_utils.config import TrainConfig
 from kd_utils.experiments import run_experiment, run_seeds, run_spec, runs_table, spec_key
 
 STUDENT = {"name": "vgg8", "width": 0.125}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cfg(**kw):
@@ -23,9 +31,14 @@ def _teacher():
     return build_model("vgg8", width=0.125).eval()
 
 
-def test_identical_spec_is_reused_and_changed_spec_is_not(toy_cifar, tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("KD_FRESH_RUNS", raising=False)
+@pytest.fixture(autouse=True)
+def _own_session(monkeypatch):
+    for k in (runs.MODE_ENV, runs.NOTEBOOK_ENV):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv(runs.SESSION_ENV, "session-a")
+
+
+def test_identical_spec_is_reused_and_changed_spec_is_not(toy_cifar, tmp_path):
     teacher = _teacher()
     kw = dict(method="kd", teacher=teacher, profile="smoke", root=tmp_path, progress=False)
     first = run_experiment("kd", STUDENT, toy_cifar, _cfg(), temperature=4.0, **kw)
@@ -43,30 +56,30 @@ def test_identical_spec_is_reused_and_changed_spec_is_not(toy_cifar, tmp_path, m
     assert not run_experiment("kd", STUDENT, toy_cifar, _cfg(), temperature=4.0, **kw).reused
 
 
-def test_fresh_switch_and_unusable_record_force_training(toy_cifar, tmp_path, monkeypatch):
-    monkeypatch.delenv("KD_FRESH_RUNS", raising=False)
+def test_fresh_mode_retrains_except_this_sessions_runs(toy_cifar, tmp_path, monkeypatch):
     kw = dict(profile="smoke", root=tmp_path, progress=False)
     first = run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
-    # fresh mode ignores runs stored by earlier processes but reuses what this process trained
-    assert run_experiment("ce", STUDENT, toy_cifar, _cfg(), fresh=True, **kw).reused
-    monkeypatch.setattr(E, "_TRAINED_HERE", set())  # as if a new process started
-    assert not run_experiment("ce", STUDENT, toy_cifar, _cfg(), fresh=True, **kw).reused
-    monkeypatch.setattr(E, "_TRAINED_HERE", set())
-    monkeypatch.setenv("KD_FRESH_RUNS", "1")
+    # fresh mode reuses what this session trained (a run two notebooks of one `make run` need) ...
+    assert run_experiment("ce", STUDENT, toy_cifar, _cfg(), mode="fresh", **kw).reused
+    monkeypatch.setenv(runs.SESSION_ENV, "session-b")  # ... and nothing of an earlier session
+    assert not run_experiment("ce", STUDENT, toy_cifar, _cfg(), mode="fresh", **kw).reused
+    monkeypatch.setenv(runs.SESSION_ENV, "session-c")
+    monkeypatch.setenv(runs.MODE_ENV, "fresh")
     assert not run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw).reused
-    monkeypatch.setattr(E, "_TRAINED_HERE", set())
-    monkeypatch.delenv("KD_FRESH_RUNS")
+    monkeypatch.delenv(runs.MODE_ENV)
     assert run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw).reused
     (first.path / "model.pt").write_bytes(b"truncated")
     assert not run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw).reused
     record = json.loads((first.path / "run.json").read_text())
     assert record["key"] == spec_key(record["spec"])
+    with pytest.raises(ValueError, match="unknown run mode 'again'.*reuse, fresh, replay"):
+        run_experiment("ce", STUDENT, toy_cifar, _cfg(), mode="again", **kw)
 
 
 def test_same_seed_gives_same_result_when_trained_twice(toy_cifar, tmp_path, monkeypatch):
-    kw = dict(profile="smoke", root=tmp_path, progress=False, fresh=True)
+    kw = dict(profile="smoke", root=tmp_path, progress=False, mode="fresh")
     a = run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
-    monkeypatch.setattr(E, "_TRAINED_HERE", set())
+    monkeypatch.setenv(runs.SESSION_ENV, "session-b")
     b = run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
     assert not b.reused
     assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
@@ -74,56 +87,198 @@ def test_same_seed_gives_same_result_when_trained_twice(toy_cifar, tmp_path, mon
         assert torch.equal(x, y)
 
 
-def test_spec_holds_everything_that_changes_a_run(toy_cifar):
-    spec = run_spec(STUDENT, toy_cifar, _cfg(), "kd", {"temperature": 4.0}, _teacher())
-    assert {"student", "method", "method_kwargs", "config", "data", "teacher_sha256", "plan",
-            "kd_utils_source"} <= set(spec)
+def test_record_carries_provenance_and_logits_of_the_rounded_model(toy_cifar, tmp_path):
+    run = run_experiment("ce", STUDENT, toy_cifar, _cfg(), profile="smoke", root=tmp_path, progress=False)
+    record = json.loads((run.path / "run.json").read_text())
+    prov = record["provenance"]
+    assert len(prov["kd_utils_source"]) == 64 and prov["versions"]["torch"] == str(torch.__version__)
+    assert "processor" in prov["versions"] and record["metrics"]["precision"] == "fp32"
+    assert "kd_utils_source" not in record["spec"]  # provenance, not key
+    # the model is its float16 weights: rounding it again changes nothing
+    state = {k: v.clone() for k, v in run.model.state_dict().items()}
+    runs.round_weights(run.model)
+    assert all(torch.equal(state[k], v) for k, v in run.model.state_dict().items())
+    # the stored logits are the model's (to float16), and the metrics are computed from them
+    fresh, labels = E.predict(run.model, toy_cifar.loader("test", batch_size=256), "cpu", "fp32")
+    torch.testing.assert_close(run.logits("test"), fresh.half().float())
+    assert run.metrics["test_accuracy"] == (run.logits("test").argmax(1) == labels).float().mean().item()
+    assert run.logits("val").shape == (len(toy_cifar.y_val), 10)
+
+
+def test_scratch_run_reports_agreement_with_the_teacher_asked_about(toy_cifar, tmp_path):
+    # a "ce" run's key ignores the teacher: its record holds no teacher metrics, they come from its logits
+    kw = dict(profile="smoke", root=tmp_path, progress=False)
+    alone = run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
+    assert "agreement" not in alone.metrics and "agreement" not in json.loads((alone.path / "run.json").read_text())
+    teacher = _teacher()
+    again = run_experiment("ce", STUDENT, toy_cifar, _cfg(), teacher=teacher, **kw)
+    assert again.reused
+    t, _ = E.predict(teacher, toy_cifar.loader("test", batch_size=256), "cpu", "fp32")
+    s = again.logits("test")
+    assert abs(again.metrics["agreement"] - (t.argmax(1) == s.argmax(1)).float().mean().item()) < 1e-9
+    kl = torch.nn.functional.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean")
+    assert abs(again.metrics["kl"] - kl.item()) < 1e-5
+    other = build_model("vgg8", width=0.125).eval()
+    third = run_experiment("ce", STUDENT, toy_cifar, _cfg(), teacher=other, **kw)
+    t2, _ = E.predict(other, toy_cifar.loader("test", batch_size=256), "cpu", "fp32")
+    assert abs(third.metrics["agreement"] - (t2.argmax(1) == s.argmax(1)).float().mean().item()) < 1e-9
+
+
+def _export(tmp_path, notebook="Probe.ipynb"):
+    return runs.export_notebook_runs("cpu", notebook, wall_time_s=12.5, root=tmp_path)
+
+
+def test_replay_uses_only_committed_runs_and_checks_their_weights(toy_cifar, tmp_path, monkeypatch):
+    kw = dict(profile="cpu", root=tmp_path, progress=False)
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
+    teacher = _teacher()
+    a = run_experiment("scratch", STUDENT, toy_cifar, _cfg(), keep_weights=True, **kw)
+    b = run_experiment("kd", STUDENT, toy_cifar, _cfg(), method="kd", teacher=teacher, temperature=4.0, **kw)
+    manifest = json.loads(_export(tmp_path).read_text())
+    assert manifest["runs"] == sorted([a.path.name, b.path.name]) and manifest["execution_wall_time_s"] == 12.5
+    assert manifest["runs_trained_in_execution"] == 2 and manifest["git_commit"] is not None
+    ref = runs.stores("cpu", tmp_path)["reference"]
+    assert (ref / a.path.name / "model.pt").is_file() and not (ref / b.path.name / "model.pt").exists()
+    shutil.rmtree(runs.stores("cpu", tmp_path)["training"])  # a fresh clone: only the committed runs
+    ra = run_experiment("scratch", STUDENT, toy_cifar, _cfg(), mode="replay", **kw)
+    rb = run_experiment("kd", STUDENT, toy_cifar, _cfg(), method="kd", teacher=teacher, temperature=4.0,
+                        mode="replay", **kw)
+    assert ra.reused and ra.metrics == a.metrics and rb.metrics == b.metrics
+    assert all(torch.equal(x, y) for x, y in zip(ra.model.state_dict().values(), a.model.state_dict().values()))
+    with pytest.raises(runs.RunError, match="stored without its weights.*keep_weights=True"):
+        rb.model
+    # a committed checkpoint that no longer reproduces its record is refused
+    stored = runs.read_logits(ref / a.path.name)
+    stored["test"] = stored["test"].roll(1, dims=1)
+    torch.save(stored, ref / a.path.name / "logits.pt")
+    with pytest.raises(runs.RunError, match="no longer reproduce its record"):
+        run_experiment("scratch", STUDENT, toy_cifar, _cfg(), mode="replay", **kw)
+
+
+def test_replay_names_the_run_and_the_reason_it_cannot_be_replayed(toy_cifar, tmp_path, monkeypatch):
+    kw = dict(profile="cpu", root=tmp_path, progress=False)
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
+    teacher = _teacher()
+    run_experiment("kd", STUDENT, toy_cifar, _cfg(), method="kd", teacher=teacher, temperature=4.0, **kw)
+    _export(tmp_path)
+    with pytest.raises(runs.RunError, match=r"run 'kd' cannot be replayed: .*method_kwargs.temperature: 4.0 -> 8.0"
+                                            r".*re-execute Probe.ipynb"):
+        run_experiment("kd", STUDENT, toy_cifar, _cfg(), method="kd", teacher=teacher, temperature=8.0,
+                       mode="replay", **kw)
+    monkeypatch.setitem(numerics.NUMERICS, "logit", numerics.NUMERICS["logit"] + 1)
+    with pytest.raises(runs.RunError, match="training numerics of family 'logit' changed since it was recorded"):
+        run_experiment("kd", STUDENT, toy_cifar, _cfg(), method="kd", teacher=teacher, temperature=4.0,
+                       mode="replay", **kw)
+    with pytest.raises(runs.RunError, match="no run named 'other' is stored"):
+        run_experiment("other", STUDENT, toy_cifar, _cfg(), mode="replay", **kw)
+
+
+def test_reexecution_replaces_a_notebooks_committed_runs(toy_cifar, tmp_path, monkeypatch):
+    kw = dict(profile="cpu", root=tmp_path, progress=False)
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
+    old = run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
+    _export(tmp_path)
+    monkeypatch.setenv(runs.SESSION_ENV, "session-b")
+    new = run_experiment("ce", STUDENT, toy_cifar, _cfg(seed=1), **kw)
+    _export(tmp_path)
+    ref = runs.stores("cpu", tmp_path)["reference"]
+    assert not (ref / old.path.name).exists() and (ref / new.path.name / "run.json").is_file()
+    assert runs.replayable(["Probe.ipynb", "Other.ipynb"], "cpu", tmp_path)[0] == ["Probe.ipynb"]
+    assert "not committed" in runs.replayable(["Other.ipynb"], "cpu", tmp_path)[1]["Other.ipynb"]
+
+
+def test_spec_holds_what_changes_a_run_and_numerics_of_exactly_its_families(toy_cifar):
+    teacher = _teacher()
+    spec = run_spec(STUDENT, toy_cifar, _cfg(), "kd", {"temperature": 4.0}, teacher)
+    assert {"student", "method", "method_kwargs", "config", "data", "teacher_sha256", "plan", "numerics"} <= set(spec)
     assert spec_key(spec) != spec_key({**spec, "method_kwargs": {"temperature": 8.0}})
+    keys = lambda: {m: spec_key(run_spec(STUDENT, toy_cifar, _cfg(), m, kw, None if m == "ce" else teacher))
+                    for m, kw in {"ce": {}, "kd": {}, "fitnets": {"beta": 1.0}, "cohort": {}}.items()}
+    before = keys()
+    for family, changed in {"logit": {"kd"}, "feature": {"fitnets"}, "ensemble": {"cohort"},
+                            "teacher_outputs": {"kd", "fitnets", "cohort"},
+                            "loop": {"ce", "kd", "fitnets", "cohort"}, "data": {"ce", "kd", "fitnets", "cohort"}}.items():
+        old = numerics.NUMERICS[family]
+        numerics.NUMERICS[family] = old + 1
+        try:
+            after = keys()
+        finally:
+            numerics.NUMERICS[family] = old
+        assert {m for m in before if before[m] != after[m]} == changed, family
+
+
+KEY_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {pkg!r}); sys.path.insert(1, {tests!r})
+    import kd_utils
+    assert kd_utils.__file__.startswith({pkg!r}), kd_utils.__file__
+    from conftest import make_bundle
+    from kd_utils import build_model
+    from kd_utils.config import TrainConfig
+    from kd_utils.experiments import run_spec, spec_key
+    import torch
+    data = make_bundle(n_train=64, n_val=16, n_test=32, shape=(3, 32, 32))
+    torch.manual_seed(1)
+    teacher = build_model("vgg8", width=0.125)
+    cfg = TrainConfig(epochs=1, batch_size=16, augment="crop_flip")
+    for m, kw in [("ce", {{}}), ("kd", {{"temperature": 4.0}}), ("at", {{"beta": 1000.0}})]:
+        print(m, spec_key(run_spec({{"name": "vgg8", "width": 0.125}}, data, cfg, m, kw, None if m == "ce" else teacher)))
+""")
+
+
+def _keys_of(pkg_parent: Path) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-c", KEY_SCRIPT.format(pkg=str(pkg_parent), tests=str(ROOT / "tests"))],
+                         capture_output=True, text=True, timeout=300, cwd=pkg_parent)
+    assert out.returncode == 0, out.stderr
+    return dict(line.split() for line in out.stdout.splitlines())
+
+
+def test_edits_outside_the_training_numerics_leave_every_key_unchanged(tmp_path):
+    """Promise 1: plots, the CLI, a benchmark or a docstring in train_kd.py change no run's key."""
+    copy = tmp_path / "edited"
+    shutil.copytree(ROOT / "kd_utils", copy / "kd_utils", ignore=shutil.ignore_patterns("__pycache__"))
+    before = _keys_of(copy)
+    pkg = copy / "kd_utils"
+    (pkg / "plots.py").write_text((pkg / "plots.py").read_text() + "\n\ndef _new_helper():\n    return 1\n")
+    (pkg / "cli.py").write_text((pkg / "cli.py").read_text().replace('"""Command line', '"""The command line', 1))
+    bench = sorted((pkg / "bench").glob("*.py")) if (pkg / "bench").is_dir() else []
+    for p in bench[:1]:
+        p.write_text(p.read_text() + "\n# an edited benchmark\n")
+    src = (pkg / "train_kd.py").read_text()
+    assert '"""Plain cross-entropy training' in src
+    (pkg / "train_kd.py").write_text(src.replace('"""Plain cross-entropy training', '"""Plain CE training', 1))
+    assert _keys_of(copy) == before
+
+
+def test_replayable_cli_lists_and_explains(tmp_path, monkeypatch):
+    from kd_utils.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["replayable", "--explain", "A.ipynb"]) == 0
 
 
 def test_run_seeds_and_table(toy_cifar, tmp_path):
-    runs = run_seeds("ce", STUDENT, toy_cifar, _cfg(), [0, 1], profile="smoke", root=tmp_path, progress=False)
-    assert [r.name for r in runs] == ["ce-s0", "ce-s1"] and runs[0].spec["config"]["seed"] == 0
-    table = runs_table({"ce": runs})
+    runs_ = run_seeds("ce", STUDENT, toy_cifar, _cfg(), [0, 1], profile="smoke", root=tmp_path, progress=False)
+    assert [r.name for r in runs_] == ["ce-s0", "ce-s1"] and runs_[0].spec["config"]["seed"] == 0
+    table = runs_table({"ce": runs_})
     assert table.loc["ce", "n"] == 2
-    assert table.loc["ce", "mean"] == sum(r.accuracy for r in runs) / 2
+    assert table.loc["ce", "mean"] == sum(r.accuracy for r in runs_) / 2
 
 
-def test_run_notebooks_sets_the_fresh_switch_for_the_kernel(tmp_path):
+def test_run_notebooks_hands_mode_session_and_notebook_to_the_kernel(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
     from kd_utils.notebooks import run_notebooks
-    nb = new_notebook(cells=[new_code_cell("import os; print('fresh=' + os.environ['KD_FRESH_RUNS'])")],
+    code = "import os; print(os.environ['KD_RUNS'], os.environ['KD_NOTEBOOK'], len(os.environ['KD_RUNS_SESSION']))"
+    nb = new_notebook(cells=[new_code_cell(code)],
                       metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     nbformat.write(nb, tmp_path / "probe.ipynb")
     seen = {}
-    for fresh in (None, True):
-        run_notebooks("smoke", ["probe.ipynb"], root=tmp_path, fresh=fresh)
+    for mode in (None, "fresh"):
+        run_notebooks("smoke", ["probe.ipynb"], root=tmp_path, mode=mode)
         out = nbformat.read(tmp_path / "results" / "smoke" / "executed" / "probe.ipynb", as_version=4)
-        seen[fresh] = out.cells[0].outputs[0]["text"].strip()
-    assert seen == {None: "fresh=0", True: "fresh=1"}  # smoke reuses by default; the cpu reference is fresh
-
-
-def test_reused_scratch_run_reports_agreement_with_the_teacher_asked_about(toy_cifar, tmp_path, monkeypatch):
-    # a "ce" run's key ignores the teacher, so a run stored without one (or with another) must not leak its
-    # agreement into a caller that passes a teacher -- nor drop it
-    monkeypatch.delenv("KD_FRESH_RUNS", raising=False)
-    kw = dict(profile="smoke", root=tmp_path, progress=False)
-    alone = run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
-    assert "agreement" not in alone.metrics
-    teacher = _teacher()
-    again = run_experiment("ce", STUDENT, toy_cifar, _cfg(), teacher=teacher, **kw)
-    assert again.reused
-    loader = toy_cifar.loader("test", batch_size=256)
-    t, _ = E.predict(teacher, loader, "cpu", "fp32")
-    s, _ = E.predict(again.model, loader, "cpu", "fp32")
-    expected = (t.argmax(1) == s.argmax(1)).float().mean().item()
-    assert abs(again.metrics["agreement"] - expected) < 1e-9
-    kl = torch.nn.functional.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean")
-    assert abs(again.metrics["kl"] - kl.item()) < 1e-5
-    other = build_model("vgg8", width=0.125).eval()  # another teacher: its own agreement, not the first one's
-    third = run_experiment("ce", STUDENT, toy_cifar, _cfg(), teacher=other, **kw)
-    t2, _ = E.predict(other, loader, "cpu", "fp32")
-    assert abs(third.metrics["agreement"] - (t2.argmax(1) == s.argmax(1)).float().mean().item()) < 1e-9
-    assert "agreement" not in run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw).metrics
+        seen[mode] = out.cells[0].outputs[0]["text"].strip()
+    assert seen == {None: "reuse probe.ipynb 12", "fresh": "fresh probe.ipynb 12"}
+    # the default profile replays by default, and skips (with the reason) a notebook whose runs are not committed
+    records = run_notebooks("cpu", ["probe.ipynb"], root=tmp_path)
+    assert records[0]["status"] == "skipped" and "not committed" in records[0]["why"]

@@ -128,7 +128,8 @@ def test_cli_cifar_seed_end_to_end(tmp_path):
 
 
 def test_distilled_student_equals_hand_built_hinton_kd_on_cached_logits(tmp_path):
-    """train_student (memoised run) == fit with HintonKD on logits computed here, bit for bit."""
+    """train_student (memoised run) == fit with HintonKD on logits computed here (then rounded to the
+    float16 a run stores), bit for bit."""
     from kd_utils.experiments import cache_teacher_logits
     from kd_utils.runtime import seed_everything
     from kd_utils.train_eval import fit
@@ -143,6 +144,8 @@ def test_distilled_student_equals_hand_built_hinton_kd_on_cached_logits(tmp_path
     hand = build_model("hinton_student")
     fit(hand, data, cfg.replace(seed=3), method=HintonKD(hand, teacher, temperature=4.0, alpha=0.7),
         train_extras=(logits,), progress=False)
+    from kd_utils.runs import round_weights
+    round_weights(hand)  # a run's model is its stored float16 weights
     for a, b in zip(run.model.state_dict().values(), hand.state_dict().values()):
         assert torch.equal(a, b)
     assert row["errors"] == evaluate(hand, data, device="cpu", precision="fp32").errors

@@ -1,0 +1,315 @@
+"""Stored runs: their records, the committed reference set, and replay.
+
+A run (one :func:`kd_utils.experiments.run_experiment` call) is stored as a folder
+``<name>-<key12>/`` holding
+
+* ``run.json``     -- name, key, specification, teacher-free metrics, provenance (written last);
+* ``history.csv``  -- one row per epoch;
+* ``logits.pt``    -- test and validation logits (float16): agreement, KL, ECE, ensembles and per-class
+  numbers for any teacher are computed from them, never stored under a key that ignores the teacher;
+* ``model.pt``     -- the weights (float16; a run's model *is* its rounded weights, so a replayed model
+  and a freshly trained one are the same model).
+
+Two stores: the *training store* ``models/<profile>/runs/`` (ignored by git; every run, with weights)
+and the *reference store* ``results/<profile>/runs/`` (committed for the default profile), which
+:func:`export_notebook_runs` fills with the runs a notebook's reference execution used: records and
+logits, weights only where the notebook asked for them (``keep_weights=True``: a cell reads them).
+``results/<profile>/runs/manifests/<notebook>.json`` lists each notebook's runs.
+
+Modes (``$KD_RUNS`` or the ``mode`` argument):
+
+* ``reuse``  (default) -- reuse any stored run with the same key, train what is missing;
+* ``fresh``  -- retrain, except runs trained earlier in this session (``$KD_RUNS_SESSION``, shared by
+  every notebook of one ``make run``, so a run two notebooks need is trained once);
+* ``replay`` -- never train: every run comes from the reference store, its weights (where stored)
+  re-evaluated and checked against its record; a run missing there is an error that says why.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODES = ("reuse", "fresh", "replay")
+MODE_ENV, SESSION_ENV, NOTEBOOK_ENV = "KD_RUNS", "KD_RUNS_SESSION", "KD_NOTEBOOK"
+REFERENCE_ENV = "KD_REFERENCE_RUNS"  # the reference store, when outputs go elsewhere (a replay writes a scratch tree)
+FORMAT = "kd_utils/run/2"
+LOGITS_DTYPE = torch.float16
+_PROCESS_SESSION = uuid.uuid4().hex[:12]
+
+
+class RunError(RuntimeError):
+    """A run that cannot be replayed, or a stored run that no longer matches its record."""
+
+
+# ----------------------------------------------------------------- modes ----
+def run_mode(mode: str | None = None) -> str:
+    """The explicit ``mode``, else ``$KD_RUNS``, else ``reuse``."""
+    mode = mode or os.environ.get(MODE_ENV) or "reuse"
+    if mode not in MODES:
+        raise ValueError(f"unknown run mode {mode!r} (from {'the argument' if mode else MODE_ENV}); "
+                         f"allowed: {', '.join(MODES)}")
+    return mode
+
+
+def session_id() -> str:
+    """The session whose runs fresh mode reuses: ``$KD_RUNS_SESSION``, else this process."""
+    return os.environ.get(SESSION_ENV) or _PROCESS_SESSION
+
+
+# ---------------------------------------------------------------- places ----
+def stores(profile, root=None) -> dict[str, Path]:
+    """The training store and the reference store of a profile (``$KD_REFERENCE_RUNS`` overrides the
+    latter when no ``root`` is given)."""
+    from .config import output_dirs
+    dirs = output_dirs(profile, root=root, create=False)
+    ref = os.environ.get(REFERENCE_ENV) if root is None else None
+    return {"training": Path(dirs["models"]) / "runs", "reference": Path(ref) if ref else Path(dirs["results"]) / "runs"}
+
+
+def manifest_path(profile, notebook: str, root=None) -> Path:
+    return stores(profile, root)["reference"] / "manifests" / f"{Path(notebook).stem}.json"
+
+
+# ------------------------------------------------------------ provenance ----
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256 of every Python file of ``kd_utils``: provenance only, never part of a run's key."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for p in sorted(root.rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The commit of the working tree (``+dirty`` when ``kd_utils`` has uncommitted edits), or None."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what a run was made: commit, full source digest, library versions, CPU."""
+    from .runtime import versions
+    return {"git_commit": git_commit(), "kd_utils_source": source_digest(), "versions": versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+# --------------------------------------------------------------- records ----
+def round_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Round every floating-point parameter and buffer to float16 and back, in place: the weights a
+    record stores are then exactly the model's. Tensors that float16 cannot hold stay as they are."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                r = t.to(torch.float16)
+                if torch.isfinite(r).all() or not torch.isfinite(t).all():
+                    t.copy_(r.to(t.dtype))
+    return model
+
+
+def folder_name(name: str, key: str) -> str:
+    return f"{name}-{key[:12]}"
+
+
+def find(name: str, key: str, places: list[Path]) -> Path | None:
+    """The first folder among ``places`` holding a complete record of (name, key)."""
+    for base in places:
+        rec = base / folder_name(name, key) / "run.json"
+        if rec.is_file():
+            try:
+                if json.loads(rec.read_text()).get("key") == key:
+                    return rec.parent
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+def read_record(folder: Path) -> dict:
+    return json.loads((Path(folder) / "run.json").read_text())
+
+
+def read_logits(folder: Path) -> dict[str, torch.Tensor | None]:
+    path = Path(folder) / "logits.pt"
+    try:
+        out = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise RunError(f"stored logits {path} cannot be read ({e})") from None
+    return out
+
+
+def write_run(folder: Path, record: dict, history, logits: dict[str, torch.Tensor | None],
+              model: torch.nn.Module | None, weights_folder: Path | None = None) -> None:
+    """Write a run's files; ``run.json`` last, so a killed writer leaves no record (only files a later
+    run overwrites). The model goes to ``weights_folder`` (default: ``folder``)."""
+    from .checkpoint import save_checkpoint
+    from .fileio import write_bytes, write_json, write_text
+    import io
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({k: (None if v is None else v.to(LOGITS_DTYPE).contiguous()) for k, v in logits.items()}, buf)
+    write_bytes(folder / "logits.pt", buf.getvalue())
+    write_text(folder / "history.csv", history.to_csv(index=False))
+    if model is not None:
+        save_checkpoint((weights_folder or folder) / "model.pt", model, config=record["spec"]["config"],
+                        seed=record["spec"]["config"].get("seed"), extra={"run": record["name"], "key": record["key"]},
+                        state_dtype=torch.float16)
+    write_json(folder / "run.json", record)
+
+
+def load_weights(folder: Path, fallback: Path | None = None) -> torch.nn.Module:
+    """The model stored with a run (in ``folder`` or ``fallback``), float32, eval mode."""
+    from .checkpoint import load_model
+    for base in (folder, fallback):
+        if base is not None and (Path(base) / "model.pt").is_file():
+            return load_model(Path(base) / "model.pt")
+    raise RunError(f"run {Path(folder).name} was stored without its weights (only its record and logits); "
+                   "a cell that reads them needs run_experiment(..., keep_weights=True) and a fresh execution")
+
+
+def explain_mismatch(name: str, spec: dict, places: list[Path]) -> str:
+    """Why no stored record of ``name`` matches ``spec``: the fields that differ from the closest one."""
+    candidates = []
+    for base in places:
+        for rec in sorted(base.glob(f"{name}-*/run.json")):
+            try:
+                saved = json.loads(rec.read_text())
+            except (OSError, ValueError):
+                continue
+            if saved.get("name") == name:
+                candidates.append(saved)
+    if not candidates:
+        return f"no run named {name!r} is stored"
+    diffs = min((_diff(s.get("spec", {}), spec) for s in candidates), key=len)
+    numerics = [d for d in diffs if d[0].startswith("numerics.")]
+    if numerics:
+        return "; ".join(f"training numerics of family {k.split('.', 1)[1]!r} changed since it was recorded "
+                         f"(v{old} -> v{new})" for k, old, new in numerics)
+    return "its specification changed since it was recorded: " + "; ".join(
+        f"{k}: {old!r} -> {new!r}" for k, old, new in diffs[:6]) + (" ..." if len(diffs) > 6 else "")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    a, b = _flat(json.loads(json.dumps(old, default=str))), _flat(json.loads(json.dumps(new, default=str)))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# --------------------------------------------------------- notebook sets ----
+def note_use(profile, folder: Path, keep_weights: bool, root=None) -> None:
+    """Record that the notebook being executed (``$KD_NOTEBOOK``) used this run."""
+    notebook = os.environ.get(NOTEBOOK_ENV)
+    if not notebook:
+        return
+    log = stores(profile, root)["training"] / "_used" / session_id() / f"{Path(notebook).stem}.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"folder": str(folder), "keep_weights": bool(keep_weights)}) + "\n")
+
+
+def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=None) -> Path | None:
+    """Copy the runs the notebook just used into the reference store and write its manifest; runs no
+    manifest lists any more are removed (the set is replaced, not accumulated). Returns the manifest."""
+    from .fileio import write_json
+    places = stores(profile, root)
+    log = places["training"] / "_used" / session_id() / f"{Path(notebook).stem}.jsonl"
+    if not log.is_file():
+        return None
+    used: dict[str, bool] = {}
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        used[entry["folder"]] = used.get(entry["folder"], False) or entry["keep_weights"]
+    ref = places["reference"]
+    names, compute, trained_here = [], 0.0, 0
+    for src, keep in used.items():
+        src = Path(src)
+        dst = ref / src.name
+        record = read_record(src)
+        if src.resolve() != dst.resolve():
+            tmp = ref / f".{src.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for f in ("history.csv", "logits.pt"):
+                shutil.copy2(src / f, tmp / f)
+            weights = src / "model.pt"
+            if keep and not weights.is_file():
+                weights = places["training"] / src.name / "model.pt"
+            if keep:
+                shutil.copy2(weights, tmp / "model.pt")
+            (tmp / "run.json").write_text(json.dumps({**record, "weights": bool(keep)}, indent=2) + "\n")
+            shutil.rmtree(dst, ignore_errors=True)
+            os.replace(tmp, dst)
+        names.append(src.name)
+        compute += float(record["metrics"].get("wall_time_s", 0.0))
+        trained_here += record.get("session") == session_id()
+    manifest = manifest_path(profile, notebook, root)
+    write_json(manifest, {"notebook": notebook, "runs": sorted(names), "training_compute_s": round(compute, 1),
+                          "runs_trained_in_execution": int(trained_here), "execution_wall_time_s": round(wall_time_s, 1),
+                          **provenance()})
+    prune(profile, root)
+    return manifest
+
+
+def prune(profile, root=None) -> list[str]:
+    """Remove reference runs that no manifest lists; returns their folder names."""
+    ref = stores(profile, root)["reference"]
+    listed: set[str] = set()
+    for m in (ref / "manifests").glob("*.json"):
+        listed.update(json.loads(m.read_text())["runs"])
+    gone = []
+    for folder in ref.iterdir() if ref.is_dir() else []:
+        if folder.is_dir() and folder.name != "manifests" and (folder / "run.json").exists() and folder.name not in listed:
+            shutil.rmtree(folder)
+            gone.append(folder.name)
+    return gone
+
+
+def replayable(notebooks, profile=None, root=None) -> tuple[list[str], dict[str, str]]:
+    """Which notebooks can be replayed from committed runs, and why the others cannot."""
+    ok, skipped = [], {}
+    for nb in notebooks:
+        m = manifest_path(profile, nb, root)
+        if not m.is_file():
+            skipped[nb] = "its runs are not committed in the run-record format yet (no " + \
+                          f"{m.relative_to(Path(root or '.')) if not m.is_absolute() else m}); " + \
+                          f"re-execute it: make run FRESH=1 NOTEBOOKS={nb}"
+            continue
+        runs = json.loads(m.read_text())["runs"]
+        missing = [r for r in runs if not (m.parent.parent / r / "run.json").is_file()]
+        if missing:
+            skipped[nb] = f"{len(missing)} of its committed runs are missing ({', '.join(missing[:3])})"
+        else:
+            ok.append(nb)
+    return ok, skipped
+
+
+def size_bytes(profile=None, root=None) -> int:
+    """Bytes of the reference store (the committed runs)."""
+    ref = stores(profile, root)["reference"]
+    return sum(p.stat().st_size for p in ref.rglob("*") if p.is_file()) if ref.is_dir() else 0
