@@ -308,6 +308,31 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     return run
 
 
+def execution_summary(notebook_start: float | None = None, notebook: str | None = None) -> dict[str, Any]:
+    """What a notebook's results file records about the runs behind it: the git commit, how many runs
+    it used and trained now, their training compute (from their records, whether trained now or
+    reused), the CPUs and precisions they were trained with, this execution's wall time, and the wall
+    time of the execution that trained them (this one, or -- when replaying -- the committed one's)."""
+    seen: dict[str, Run] = {}
+    for r in RUNS_USED:
+        seen.setdefault(r.key or r.path.name, r)
+    recs = [r.record for r in seen.values()]
+    wall = None if notebook_start is None else time.perf_counter() - notebook_start
+    out = {"git_commit": runs.git_commit(), "mode": runs.run_mode(), "runs": len(recs),
+           "runs_trained_now": sum(not r.reused for r in seen.values()),
+           "training_compute_s": round(sum(float(r["metrics"].get("wall_time_s", 0.0)) for r in recs), 1),
+           "trained_on": sorted({r.get("provenance", {}).get("versions", {}).get("processor", "unknown") for r in recs}),
+           "precisions": sorted({str(r["metrics"].get("precision")) for r in recs}),
+           "execution_wall_time_s": None if wall is None else round(wall, 1)}
+    notebook = notebook or os.environ.get(runs.NOTEBOOK_ENV)
+    manifest = runs.manifest_path(get_profile(None), notebook) if notebook else None
+    if out["mode"] == "replay" and manifest is not None and manifest.is_file():
+        out["training_execution_wall_time_s"] = json.loads(manifest.read_text())["execution_wall_time_s"]
+    else:
+        out["training_execution_wall_time_s"] = out["execution_wall_time_s"]
+    return out
+
+
 def _with_teacher(m: dict, logits: torch.Tensor, teacher: nn.Module | None, data, cfg: TrainConfig) -> dict:
     """A record's metrics plus agreement and KL with ``teacher`` (if any), from the stored logits."""
     return {**m, **teacher_metrics(teacher, logits, data, cfg.device)} if teacher is not None else dict(m)

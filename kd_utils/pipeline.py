@@ -25,8 +25,8 @@ from .fileio import write_json, write_text
 from .models import build_model
 from .profiling import compare_models
 from .runtime import seed_everything, versions
-from .train_eval import EvalResult, evaluate, fit
-from .experiments import cache_teacher_logits
+from .train_eval import EvalResult, FitResult, evaluate, fit
+from .experiments import cache_teacher_logits, run_experiment
 from .train_kd import HintonKD
 
 # The seed's config.py, as defaults.
@@ -64,18 +64,36 @@ def _state(state_dir: str | Path | None, name: str) -> Path | None:
     return None if state_dir is None else Path(state_dir) / f"{name}.pth"
 
 
+def _memoised(name: str, arch: str, bundle, cfg: TrainConfig, profile, progress: bool, **run_kw: Any) -> nn.Module:
+    """A stored run (:func:`kd_utils.experiments.run_experiment`, weights kept) as the seed API's
+    model with ``.fit_result``: trained once, then reused, or replayed from the committed runs."""
+    run = run_experiment(name, {"name": arch}, bundle, cfg, profile=profile, progress=progress, keep_weights=True,
+                         **run_kw)
+    model = run.model
+    m = run.metrics
+    model.fit_result = FitResult(run.history, m["best_epoch"], m["best_val_acc"], m["train_time_s"],
+                                 {"teacher_outputs": m["teacher_outputs"], "precision_used": m["precision"]})
+    model.run = run
+    return model
+
+
 def train_teacher(train_loader, val_loader, epochs: int | None = None, arch: str = "mnist_cnn",
                   lr: float = SEED_CONFIG["lr"], seed: int = 0, progress: bool = True,
-                  state_dir: str | Path | None = None, resume: bool = False, **train_kw: Any):
+                  state_dir: str | Path | None = None, resume: bool = False, profile: str | None = None,
+                  **train_kw: Any):
     """Train the teacher with cross-entropy and Adam. Returns the seed's
-    ``(model, train_loss, val_loss, train_acc, val_acc)``; the full history is ``model.fit_result``."""
+    ``(model, train_loss, val_loss, train_acc, val_acc)``; the full history is ``model.fit_result``.
+    With a ``profile`` the run is memoised (stored, reused, replayable; ``state_dir``/``resume`` unused)."""
     bundle = train_loader.bundle
-    seed_everything(seed)
-    model = build_model(arch, num_classes=bundle.num_classes)
-    res = fit(model, bundle, _train_config(train_loader, epochs, lr, seed, **train_kw), progress=progress,
-              desc=f"teacher ({arch})", state_path=_state(state_dir, "teacher"), resume=resume)
-    model.fit_result = res
-    h = res.history
+    cfg = _train_config(train_loader, epochs, lr, seed, **train_kw)
+    if profile is not None:
+        model = _memoised(f"seed-teacher-{arch}-s{seed}", arch, bundle, cfg, profile, progress)
+    else:
+        seed_everything(seed)
+        model = build_model(arch, num_classes=bundle.num_classes)
+        model.fit_result = fit(model, bundle, cfg, progress=progress, desc=f"teacher ({arch})",
+                               state_path=_state(state_dir, "teacher"), resume=resume)
+    h = model.fit_result.history
     return model, h["train_loss"].tolist(), h["val_loss"].tolist(), h["train_acc"].tolist(), h["val_acc"].tolist()
 
 
@@ -95,12 +113,21 @@ def prepare_distillation_data(teacher: nn.Module, train_loader, val_loader, trai
 def train_students(teacher: nn.Module, train_loader, val_loader, train_distill_loader, val_distill_loader,
                    epochs: int | None = None, temperature: float = SEED_CONFIG["temperature"],
                    alpha: float = SEED_CONFIG["alpha"], arch: str = "mnist_mlp", lr: float = SEED_CONFIG["lr"],
-                   seed: int = 0, progress: bool = True, state_dir: str | Path | None = None, resume: bool = False):
+                   seed: int = 0, progress: bool = True, state_dir: str | Path | None = None, resume: bool = False,
+                   profile: str | None = None):
     """Train the regular student on hard labels and the distilled student on hard labels plus the
-    teacher's cached soft targets. Returns ``(student_regular, student_distilled, histories)``."""
+    teacher's cached soft targets. Returns ``(student_regular, student_distilled, histories)``.
+    With a ``profile`` both runs are memoised (see :func:`train_teacher`); both start from the same
+    initial weights either way (one seed), so the only difference is the teacher."""
     KDConfig(temperature, alpha)  # validate before any training
     bundle = train_loader.bundle
     cfg = _train_config(train_loader, epochs, lr, seed)
+    if profile is not None:
+        regular = _memoised(f"seed-student-{arch}-s{seed}", arch, bundle, cfg, profile, progress)
+        distilled = _memoised(f"seed-student-{arch}-kd-T{temperature:g}-a{alpha:g}-s{seed}", arch, bundle, cfg,
+                              profile, progress, method="kd", teacher=teacher, temperature=temperature, alpha=alpha)
+        return regular, distilled, {"student_regular": regular.fit_result.history,
+                                    "student_distilled": distilled.fit_result.history}
     seed_everything(seed)
     regular = build_model(arch, num_classes=bundle.num_classes)
     res_reg = fit(regular, bundle, cfg, progress=progress, desc="regular student",

@@ -72,10 +72,11 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 # ------------------------------------------------------------ evaluation ----
 @torch.no_grad()
-def predict(model: nn.Module, loader, device: str | torch.device = "auto", precision: str = "auto"
+def predict(model: nn.Module, loader, device: str | torch.device = "auto", precision: str = "fp32"
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and labels for every batch of ``loader``, in order. Eval mode is
-    used and the model's previous mode restored."""
+    used and the model's previous mode restored. Evaluation defaults to fp32, so a reported number
+    is the same on every CPU (with bf16 units or without); training passes its own precision."""
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     was_training = model.training
@@ -138,7 +139,7 @@ class EvalResult:
 
 
 def evaluate(model: nn.Module, data, split: str = "test", batch_size: int = 1024, device: str | torch.device = "auto",
-             precision: str = "auto") -> EvalResult:
+             precision: str = "fp32") -> EvalResult:
     """Evaluate on a split of a :class:`~kd_utils.data.DataBundle` (or on any loader of
     ``(x, y, ...)`` batches): loss, accuracy, error count; confusion matrix and friends on demand."""
     loader = data.loader(split, batch_size=batch_size, shuffle=False) if hasattr(data, "loader") else data
