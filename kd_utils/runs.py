@@ -269,9 +269,14 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
         compute += float(record["metrics"].get("wall_time_s", 0.0))
         trained_here += record.get("session") == session_id()
     manifest = manifest_path(profile, notebook, root)
-    write_json(manifest, {"notebook": notebook, "runs": sorted(names), "training_compute_s": round(compute, 1),
-                          "runs_trained_in_execution": int(trained_here), "execution_wall_time_s": round(wall_time_s, 1),
-                          **provenance()})
+    entry = {"notebook": notebook, "runs": sorted(names), "training_compute_s": round(compute, 1),
+             "runs_trained_in_execution": int(trained_here), "execution_wall_time_s": round(wall_time_s, 1)}
+    if not trained_here and manifest.is_file():  # re-exported without training: keep the training execution's
+        old = json.loads(manifest.read_text())
+        if old["runs"] == entry["runs"]:
+            entry.update(runs_trained_in_execution=old["runs_trained_in_execution"],
+                         execution_wall_time_s=old["execution_wall_time_s"], reexport_wall_time_s=round(wall_time_s, 1))
+    write_json(manifest, {**entry, **provenance()})
     prune(profile, root)
     return manifest
 

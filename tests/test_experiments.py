@@ -282,3 +282,14 @@ def test_run_notebooks_hands_mode_session_and_notebook_to_the_kernel(tmp_path):
     # the default profile replays by default, and skips (with the reason) a notebook whose runs are not committed
     records = run_notebooks("cpu", ["probe.ipynb"], root=tmp_path)
     assert records[0]["status"] == "skipped" and "not committed" in records[0]["why"]
+
+
+def test_reexport_without_training_keeps_the_training_executions_wall_time(toy_cifar, tmp_path, monkeypatch):
+    kw = dict(profile="cpu", root=tmp_path, progress=False)
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
+    run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
+    _export(tmp_path)  # trained: wall 12.5 s
+    monkeypatch.setenv(runs.SESSION_ENV, "session-b")
+    assert run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw).reused
+    m = json.loads(runs.export_notebook_runs("cpu", "Probe.ipynb", wall_time_s=3.0, root=tmp_path).read_text())
+    assert (m["execution_wall_time_s"], m["runs_trained_in_execution"], m["reexport_wall_time_s"]) == (12.5, 1, 3.0)
