@@ -44,7 +44,7 @@ test: venv data
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg $$replay; fi
 
 bench: venv data
-	$(PY) -m kd_utils.bench $(if $(QUICK),--quick)
+	$(PY) -m benchmarks $(if $(QUICK),--quick)
 
 unit: venv
 	$(PY) -m pytest -q tests

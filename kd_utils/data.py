@@ -639,7 +639,7 @@ def _normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tor
     return x.to(torch.float32).mul_(scale).sub_(shift)
 
 
-def _random_crop(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def random_crop(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Per-sample random crop of a uint8 batch (N, C, H, W) after zero padding, optionally mirrored.
 
     Like torchvision's RandomCrop(padding=pad) (+ RandomHorizontalFlip), but for the whole batch at
@@ -791,7 +791,7 @@ class BatchLoader:
             extras += [e[start:start + self.batch_size] for e in per_epoch]
             if self.augment is not None:
                 pad, flip = AUGMENTATIONS[self.augment]
-                xb = _random_crop(xb, pad, flip, generator)
+                xb = random_crop(xb, pad, flip, generator)
             if self.world_size > 1:
                 # Distributed: every rank draws the same global batch (same generator stream, so the
                 # same crops) and keeps its contiguous share, so N processes see what one would.

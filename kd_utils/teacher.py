@@ -71,6 +71,17 @@ def candidate_paths(profile: str | Profile | None = None, root: str | os.PathLik
     return paths + [output_dirs(prof, root=root, create=False)["models"] / name]
 
 
+def find_teacher(kind: str = "cifar", profile: str | Profile | None = None,
+                 root: str | os.PathLike | None = None) -> Path | None:
+    """The first stored teacher of ``kind`` that loads without training (checksum and specification
+    verified), or None."""
+    spec = teacher_spec(profile, kind)
+    for path in candidate_paths(profile, root, kind):
+        if path.exists() and _matches(path, spec)[0]:
+            return path
+    return None
+
+
 def _matches(path: Path, spec: dict) -> tuple[bool, str]:
     try:
         payload = load_checkpoint(path)  # verifies the weights checksum

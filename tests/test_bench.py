@@ -1,4 +1,4 @@
-"""Tests for kd_utils.bench: timing helpers, the met rule, the report, and a tiny end-to-end run."""
+"""Tests for benchmarks: timing helpers, the met rule, the report, and a tiny end-to-end run."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +9,9 @@ import statistics
 import pytest
 import torch
 
-from kd_utils import bench
-from kd_utils.bench import accuracy, precision
-from kd_utils.bench.core import _loglog_slope
+import benchmarks as bench
+from benchmarks import accuracy, precision
+from benchmarks.core import _loglog_slope
 from kd_utils.data import cache_path
 
 from conftest import make_bundle
@@ -218,7 +218,7 @@ def _toy_cifar_bench(sizes=None, batches=2, **kw):
 
 
 def test_figure_modules_share_one_registry_and_package_exports():
-    from kd_utils.bench import registry, runner
+    from benchmarks import registry, runner
     assert bench.FIGURES is registry.FIGURES and runner.FIGURES is registry.FIGURES
     assert {"kd_overhead_augmented_cached", "kd_speedup_augmented", "teacher_cache_build_s", "compile_speedup_vgg8",
             "compile_speedup_vgg13", "time_to_85_cifar_vgg8"} <= set(bench.FIGURES)

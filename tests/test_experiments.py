@@ -234,16 +234,15 @@ def _keys_of(pkg_parent: Path) -> dict[str, str]:
 
 
 def test_edits_outside_the_training_numerics_leave_every_key_unchanged(tmp_path):
-    """Promise 1: plots, the CLI, a benchmark or a docstring in train_kd.py change no run's key."""
+    """Promise 1: plots, the CLI, analysis or a docstring in train_kd.py change no run's key."""
     copy = tmp_path / "edited"
     shutil.copytree(ROOT / "kd_utils", copy / "kd_utils", ignore=shutil.ignore_patterns("__pycache__"))
     before = _keys_of(copy)
     pkg = copy / "kd_utils"
     (pkg / "plots.py").write_text((pkg / "plots.py").read_text() + "\n\ndef _new_helper():\n    return 1\n")
     (pkg / "cli.py").write_text((pkg / "cli.py").read_text().replace('"""Command line', '"""The command line', 1))
-    bench = sorted((pkg / "bench").glob("*.py")) if (pkg / "bench").is_dir() else []
-    for p in bench[:1]:
-        p.write_text(p.read_text() + "\n# an edited benchmark\n")
+    (pkg / "analysis.py").write_text((pkg / "analysis.py").read_text() + "\n# an edited analysis\n")
+    assert not (pkg / "bench").exists()  # benchmarks live outside the package (benchmarks/): they cannot key a run
     src = (pkg / "train_kd.py").read_text()
     assert '"""Plain cross-entropy training' in src
     (pkg / "train_kd.py").write_text(src.replace('"""Plain cross-entropy training', '"""Plain CE training', 1))
@@ -293,3 +292,15 @@ def test_reexport_without_training_keeps_the_training_executions_wall_time(toy_c
     assert run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw).reused
     m = json.loads(runs.export_notebook_runs("cpu", "Probe.ipynb", wall_time_s=3.0, root=tmp_path).read_text())
     assert (m["execution_wall_time_s"], m["runs_trained_in_execution"], m["reexport_wall_time_s"]) == (12.5, 1, 3.0)
+
+
+def test_execution_summary_counts_the_runs_behind_a_notebook(toy_cifar, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "RUNS_USED", [])
+    kw = dict(profile="smoke", root=tmp_path, progress=False)
+    a = run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)
+    run_experiment("ce", STUDENT, toy_cifar, _cfg(), **kw)  # the same run again: counted once
+    b = run_experiment("ce2", STUDENT, toy_cifar, _cfg(seed=1), **kw)
+    s = E.execution_summary(notebook_start=None)
+    assert (s["runs"], s["runs_trained_now"], s["mode"]) == (2, 2, "reuse")
+    assert s["training_compute_s"] == round(a.metrics["wall_time_s"] + b.metrics["wall_time_s"], 1)
+    assert s["precisions"] == ["fp32"] and len(s["trained_on"]) == 1

@@ -1,4 +1,4 @@
-"""Running the figures and the command line: ``python -m kd_utils.bench``."""
+"""Running the figures and the command line: ``python -m benchmarks``."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..cli import positive_int
-from ..fileio import write_json, write_text
-from ..runtime import cpu_has_fast_bf16, seed_everything, versions
+from kd_utils.cli import positive_int
+from kd_utils.fileio import write_json, write_text
+from kd_utils.runtime import cpu_has_fast_bf16, seed_everything, versions
 from .core import DEFAULT_MD, FULL, QUICK, SEED, TINY, Bench, Sizes, SkipFigure, _cpu_flags
 from .registry import FIGURES
 from .report import _fmt, _met_text, _target_text, render_markdown
@@ -88,7 +88,7 @@ def _parse_only(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kd_utils.bench",
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
                                 description="Measure the suite's speed figures; write <out>/benchmarks.json and "
                                             "BENCHMARKS.md. Run on an otherwise idle machine.")
     p.add_argument("--quick", action="store_true", help="smaller sizes, 3-5 minutes, no time-to-accuracy runs")

@@ -15,16 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import DataBundle, get_data
-from ..models import build_model
-from ..runtime import autocast, resolve_device, resolve_precision
+from kd_utils.data import DataBundle, get_data
+from kd_utils.models import build_model
+from kd_utils.runtime import autocast, resolve_device, resolve_precision
 
 SEED = 0
 MNIST_BATCH = 128
 CIFAR_BATCH = 256
 CIFAR_EPOCH_STEPS = 176  # steps of one CIFAR-10 epoch: ceil(45,000 train images / 256)
 KD_T, KD_ALPHA = 4.0, 0.9  # HintonKD's defaults: the overhead does not depend on them
-DEFAULT_MD = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"  # the repository root
+DEFAULT_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"  # the repository root
 
 
 # =====================================================================================================
@@ -339,7 +339,7 @@ def _logits(model: nn.Module, loader: Iterable, device: torch.device) -> torch.T
 
 
 def _test_accuracy(model: nn.Module, data: DataBundle, device: torch.device) -> float:
-    from ..train_eval import evaluate
+    from kd_utils.train_eval import evaluate
     return float(evaluate(model, data, "test", device=device, precision="fp32").accuracy)
 
 
@@ -371,12 +371,10 @@ def _replay(loader, epoch: int = 0):
 def _trained_cifar_teacher() -> nn.Module | None:
     """The cpu profile's shared CIFAR-10 teacher (VGG-13 w0.5) when a file of it loads without training
     (checksum and specification verified, see :mod:`kd_utils.teacher`), else None. Never trains one."""
-    from .. import teacher as T
-    spec = T.teacher_spec("cpu")
-    for path in T.candidate_paths("cpu"):
-        if path.exists() and T._matches(path, spec)[0]:
-            return T.cifar_teacher("cpu", retrain=False, progress=False, verbose=False)
-    return None
+    from kd_utils import teacher as T
+    if T.find_teacher("cifar", "cpu") is None:
+        return None
+    return T.cifar_teacher("cpu", retrain=False, progress=False, verbose=False)
 
 
 def _first_line(e: BaseException) -> str:

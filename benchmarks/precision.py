@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import build_model
-from ..runtime import cpu_has_fast_bf16
-from ..train_kd import Vanilla
+from kd_utils.models import build_model
+from kd_utils.runtime import cpu_has_fast_bf16
+from kd_utils.train_kd import Vanilla
 from .core import (CIFAR_BATCH, CIFAR_EPOCH_STEPS, SEED, Bench, Figure, SkipFigure, _cpu_flags, _first_line, _med,
                    _model, _raw, _sgd, _subset, _test_accuracy, _train_pass, _vgg_batches)
 
@@ -59,8 +59,8 @@ def fig_bf16_speedup_vgg(b: Bench) -> Figure:
 
 def _bf16_accuracy_runs(b: Bench) -> dict[str, Any]:
     """Test accuracy of VGG-8 w0.25 after one epoch on a small subset, in fp32 and in bf16 (``fit``)."""
-    from ..config import TrainConfig
-    from ..train_eval import fit
+    from kd_utils.config import TrainConfig
+    from kd_utils.train_eval import fit
     s, dev = b.sizes, b.device
     data = _subset(b.data("cifar10"), s.acc_train, s.acc_test, drop_val=True)
     out: dict[str, Any] = {"model": "vgg8 width 0.25", "train_images": len(data.y_train),

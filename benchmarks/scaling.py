@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..profiling import flops_per_image
-from ..train_kd import Vanilla
+from kd_utils.profiling import flops_per_image
+from kd_utils.train_kd import Vanilla
 from .core import (CIFAR_BATCH, MNIST_BATCH, SEED, Bench, Figure, SkipFigure, _loglog_slope, _med, _model, _raw,
                    _sgd, _subset, _train_pass, _vgg_batches)
 

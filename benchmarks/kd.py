@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train_kd import HintonKD, Vanilla, kd_loss
+from kd_utils.train_kd import HintonKD, Vanilla, kd_loss
 from .core import (KD_ALPHA, KD_T, MNIST_BATCH, SEED, Bench, Figure, _logits, _med, _model, _raw, _sgd, _subset,
                    _train_pass)
 

@@ -6,8 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import DataBundle
-from ..train_kd import HintonKD, Vanilla
+from kd_utils.data import DataBundle
+from kd_utils.train_kd import HintonKD, Vanilla
 from .core import (CIFAR_BATCH, KD_ALPHA, KD_T, MNIST_BATCH, SEED, Bench, Figure, SkipFigure, _model, _sgd,
                    _subset, _test_accuracy, _train_pass, _trained_cifar_teacher)
 
@@ -42,7 +42,7 @@ def _train_until(b: Bench, method: nn.Module, model: nn.Module, loader, data: Da
 def fig_time_to_99_mnist_kd(b: Bench) -> Figure:
     """Training seconds for the 800-800 student to reach 99.0% MNIST test accuracy with KD (cached
     logits of a quickly trained mnist_cnn teacher) / the same from scratch (cross-entropy)."""
-    from ..experiments import cache_teacher_logits
+    from kd_utils.experiments import cache_teacher_logits
     s, dev = b.sizes, b.device
     if not s.time_to_99:
         raise SkipFigure("full mode only (it trains a teacher and two students, about 4 minutes)")
@@ -108,9 +108,9 @@ def fig_time_to_85_cifar_vgg8(b: Bench) -> Figure:
     VGG-13 w0.5 teacher's cached plan outputs (crop+flip, onecycle over at most ``t85_epochs``), beside
     the same student from scratch on the same plan; where 85% is not reached, the test accuracy reached
     within the budget. Full mode only; skipped when no trained teacher loads without training."""
-    from ..config import get_profile
-    from ..plans import AugmentationPlan, teacher_outputs
-    from ..train_eval import make_optimizer, make_scheduler
+    from kd_utils.config import get_profile
+    from kd_utils.plans import AugmentationPlan, teacher_outputs
+    from kd_utils.train_eval import make_optimizer, make_scheduler
     s, dev, prec = b.sizes, b.device, b.precision
     if not s.time_to_85:
         raise SkipFigure("full mode only (two bounded CIFAR-10 training runs plus the teacher's plan outputs, "

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import DataBundle
-from ..plans import STORAGE_DTYPE, AugmentationPlan, teacher_outputs
-from ..runtime import autocast
-from ..train_kd import HintonKD, Vanilla, kd_loss
+from kd_utils.data import DataBundle
+from kd_utils.plans import STORAGE_DTYPE, AugmentationPlan, teacher_outputs
+from kd_utils.runtime import autocast
+from kd_utils.train_kd import HintonKD, Vanilla, kd_loss
 from .core import (CIFAR_BATCH, KD_ALPHA, KD_T, SEED, Bench, Figure, _med, _model, _raw, _replay, _sgd, _subset,
                    _train_pass, _trained_cifar_teacher)
 

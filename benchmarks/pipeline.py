@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import DataBundle
-from ..train_kd import Vanilla
+from kd_utils.data import DataBundle
+from kd_utils.train_kd import Vanilla
 from .core import (CIFAR_BATCH, MNIST_BATCH, SEED, Bench, Figure, _drain, _med, _model, _raw, _sgd, _subset,
                    _train_pass)
 

@@ -1,6 +1,6 @@
 """Benchmarks of the suite's speed claims, each a ratio against a baseline measured in the same run.
 
-    python -m kd_utils.bench [--quick] [--out results] [--only NAME[,NAME]] [--repeats N] [--threads N] [--list]
+    python -m benchmarks [--quick] [--out results] [--only NAME[,NAME]] [--repeats N] [--threads N] [--list]
 
 writes ``<out>/benchmarks.json`` and ``BENCHMARKS.md`` (repository root; ``--md`` elsewhere). Full mode
 takes about 20 minutes on a free 2-core CPU (about 10 for the original figures, at most about 6 for
@@ -31,7 +31,7 @@ Figures (``--list`` prints them):
 - ``k_students_shared_teacher``     3 separate online-KD runs / 3 students sharing one teacher pass
 - ``batch_crop_speedup``            old 4-D-indexing crop / gather crop (an optimisation, shown as its gain)
 
-Layout: :mod:`~kd_utils.bench.core` (timing helpers, :class:`Figure`, :class:`Sizes`, :class:`Bench`, the
+Layout: :mod:`~benchmarks.core` (timing helpers, :class:`Figure`, :class:`Sizes`, :class:`Bench`, the
 shared building blocks), one module per group of figures (``pipeline``, ``kd``, ``augmented``,
 ``precision``, ``scaling``, ``accuracy``, ``crop``), ``registry`` (:data:`FIGURES`), ``report``
 (:func:`render_markdown`) and ``runner`` (:func:`run`, :func:`main`).
