@@ -18,6 +18,7 @@ from torch import nn
 from kd_utils.data import DataBundle, get_data
 from kd_utils.models import build_model
 from kd_utils.runtime import autocast, resolve_device, resolve_precision
+from kd_utils.train_kd import StepContext
 
 SEED = 0
 MNIST_BATCH = 128
@@ -309,7 +310,7 @@ def _train_pass(method: nn.Module, opt: torch.optim.Optimizer, batches: Iterable
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            _, losses = method(x, y, *extras)
+            _, losses = method(x, y, StepContext(teacher={"logits": extras[0]} if extras else {}))
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -103,14 +103,14 @@ class CohortDistiller(Distiller):
     logits_only = True  # the teacher's logits are all it reads
     family = "ensemble"
 
-    def forward(self, x, y, *extras):
+    def forward(self, x, y, ctx=None):
         logits = self.student.all_logits(x)
         s = logits.shape[0]
         losses: dict[str, torch.Tensor] = {}
         if self.alpha < 1:
             losses["loss_ce"] = (1 - self.alpha) * sum(F.cross_entropy(logits[i].float(), y) for i in range(s))
         if self.alpha > 0:
-            t = self.teacher_logits(x, extras[0] if extras else None)
+            t = self.teacher_logits(x, ctx)
             losses["loss_kd"] = self.alpha * sum(kd_loss(logits[i], t, self.temperature) for i in range(s))
         if self.beta > 0:
             losses["loss_dml"] = self.beta * mutual_loss(logits.float(), self.mutual_temperature)

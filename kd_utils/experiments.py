@@ -42,7 +42,7 @@ def cache_teacher_logits(teacher: nn.Module, data, split: str = "train", batch_s
 
     This is the seed pipeline's DistillDataset idea: when the transfer set is not augmented the
     teacher's outputs cannot change, so they are computed once. Pass the result as
-    ``fit(..., train_extras=(logits,))``. With augmentation use :func:`kd_utils.plans.teacher_outputs`.
+    ``fit(..., teacher_outputs={"logits": logits})``. With augmentation use :func:`kd_utils.plans.teacher_outputs`.
     """
     logits, _ = predict(teacher, data.loader(split, batch_size=batch_size, shuffle=False), device=device,
                         precision=precision)
@@ -77,16 +77,16 @@ def distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, m
     if prepare is not None:
         prepare(data, cfg, progress=fit_kw.get("progress", True))
     stage1_s = time.perf_counter() - t0
-    train_extras, epoch_extras, source = (), (), "online teacher"
+    fixed, per_epoch, source = {}, {}, "online teacher"
     if cache and cfg.augment is None and embed_layer is None:
-        train_extras = (cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision),)
+        fixed = {"logits": cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)}
         source = "cached logits (un-augmented transfer set)"
     elif cache:
         outs = teacher_outputs(teacher, data, AugmentationPlan.of(cfg), embed_layer=embed_layer, cache_dir=cache_dir,
                                device=cfg.device, precision=cfg.precision, progress=fit_kw.get("progress", True))
-        epoch_extras = (outs.logits,) if embed_layer is None else (outs.logits, outs.embedding)
+        per_epoch = {"logits": outs.logits} if embed_layer is None else {"logits": outs.logits, "embedding": outs.embedding}
         source = f"plan cache {'built' if outs.built else 'read'}: {outs.path.name}"
-    res = fit(student, data, cfg, method=distiller, train_extras=train_extras, epoch_extras=epoch_extras, **fit_kw)
+    res = fit(student, data, cfg, method=distiller, teacher_outputs=fixed, plan_outputs=per_epoch, **fit_kw)
     res.config["teacher_outputs"] = source
     res.config["extra_parameters"] = int(getattr(distiller, "extra_parameters", 0))
     if prepare is not None:

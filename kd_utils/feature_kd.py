@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .train_kd import DISTILLERS, Distiller, HintonKD, kd_loss
+from .train_kd import DISTILLERS, Distiller, HintonKD, StepContext, kd_loss
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -186,8 +186,8 @@ class FeatureDistiller(Distiller):
     distiller, trained with the student and not part of it (``extra_parameters``).
 
     ``cached_layer``: when a method reads only the teacher's logits and one globally pooled layer,
-    that layer's name; :func:`kd_utils.experiments.distill` then serves both from the plan cache and
-    passes them as ``extras = (logits, embedding)`` instead of running the teacher.
+    that layer's name; :func:`kd_utils.experiments.distill` then serves both from the plan cache as
+    ``ctx.teacher["logits"]`` and ``ctx.teacher["embedding"]`` instead of running the teacher.
     """
     term = "loss_feat"
     family = "feature"
@@ -229,19 +229,20 @@ class FeatureDistiller(Distiller):
         """Parameters the method trains besides the student (dropped from the deployed student)."""
         return sum(p.numel() for p in self.adapters.parameters())
 
-    def teacher_features(self, x: torch.Tensor, extras: tuple[torch.Tensor, ...]
+    def teacher_features(self, x: torch.Tensor, ctx: StepContext | None
                          ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        if self.cached_layer is not None and len(extras) >= 2:
-            return extras[0].float(), [extras[1].float()]
-        need_logits = self.alpha > 0 and not extras
+        cached = {} if ctx is None else ctx.teacher
+        if self.cached_layer is not None and "logits" in cached and "embedding" in cached:
+            return cached["logits"].float(), [cached["embedding"].float()]
+        need_logits = self.alpha > 0 and "logits" not in cached
         with torch.no_grad():
             out, feats = capture(self.teacher, x, self.t_layers, full=need_logits)
-        t_logits = extras[0].float() if extras else out
+        t_logits = cached["logits"].float() if "logits" in cached else out
         return t_logits, [feats[n] for n in self.t_layers]
 
-    def forward(self, x, y, *extras):
+    def forward(self, x, y, ctx=None):
         logits, s = capture(self.student, x, self.s_layers)
-        t_logits, t_feats = self.teacher_features(x, extras)
+        t_logits, t_feats = self.teacher_features(x, ctx)
         losses = {}
         if self.alpha < 1:
             losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
@@ -303,9 +304,9 @@ class HintStage(FitNets):
     def __init__(self, student, teacher, *, beta: float = 1.0, **kw):
         super().__init__(student, teacher, beta=beta, alpha=0.0, **kw)
 
-    def forward(self, x, y, *extras):
+    def forward(self, x, y, ctx=None):
         logits, s = capture(self.student, x, self.s_layers)
-        _, t_feats = self.teacher_features(x, ())
+        _, t_feats = self.teacher_features(x, None)
         return logits, {self.term: self.beta * self.feature_loss([s[self.s_layers[0]]], t_feats)}
 
 

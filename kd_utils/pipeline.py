@@ -135,7 +135,7 @@ def train_students(teacher: nn.Module, train_loader, val_loader, train_distill_l
     seed_everything(seed)  # same initial weights: the only difference is the teacher
     distilled = build_model(arch, num_classes=bundle.num_classes)
     res_kd = fit(distilled, bundle, cfg, method=HintonKD(distilled, teacher, temperature, alpha),
-                 train_extras=train_distill_loader.extras, progress=progress, desc="distilled student",
+                 teacher_outputs={"logits": train_distill_loader.extras[0]}, progress=progress, desc="distilled student",
                  state_path=_state(state_dir, "student_distilled"), resume=resume)
     regular.fit_result, distilled.fit_result = res_reg, res_kd
     return regular, distilled, {"student_regular": res_reg.history, "student_distilled": res_kd.history}

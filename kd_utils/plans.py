@@ -11,7 +11,7 @@ gradients) and stored on disk (FKD, Shen & Xing 2022); a run that replays the pl
 instead of running the teacher::
 
     outs = teacher_outputs(teacher, data, AugmentationPlan.of(cfg, data))
-    fit(student, data, cfg, method=HintonKD(student, None), epoch_extras=(outs.logits,))
+    fit(student, data, cfg, method=HintonKD(student, None), plan_outputs={"logits": outs.logits})
 
 ``distill`` does this by itself when the data are augmented and the method needs only logits.
 

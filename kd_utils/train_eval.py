@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .config import TrainConfig
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
-from .train_kd import Distiller, Vanilla
+from .train_kd import Distiller, StepContext, Vanilla
 
 
 class TrainingDiverged(RuntimeError):
@@ -156,80 +156,214 @@ def _trainable_state(method: Distiller) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in method.state_dict().items() if not k.startswith("teacher.")}
 
 
-def _save_state(path: Path, method: Distiller, opt, sched, epoch: int, rows: list, best: dict, cfg: TrainConfig) -> None:
-    """Everything a run needs to continue after ``epoch``: weights, optimiser, schedule, RNG, history."""
+STATE_FORMAT = "kd_utils/train-state/2"
+
+
+def _resume_identity(method: Distiller, data, cfg: TrainConfig) -> dict[str, Any]:
+    """What a saved training state must share with the run resuming from it."""
+    from .checkpoint import _plain
+    from .plans import data_fingerprint
+    return {"config": cfg.to_dict(), "method_hparams": _plain(method.describe()), "data": data_fingerprint(data)}
+
+
+def _save_state(path: Path, method: Distiller, opt, sched, epoch: int, rows: list, best: dict,
+                identity: dict[str, Any]) -> None:
+    """Everything a run needs to continue after ``epoch``: weights and distiller state (buffers such
+    as memory banks), optimiser, schedule, RNG, history."""
     from .fileio import atomic_path
-    state = {"format": "kd_utils/train-state/1", "epoch": epoch, "method": _trainable_state(method),
+    state = {"format": STATE_FORMAT, "epoch": epoch, "method": _trainable_state(method),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-             "history": [{k: float(v) for k, v in r.items()} for r in rows], "best": best,
-             "config": cfg.to_dict()}
+             "history": [{k: float(v) for k, v in r.items()} for r in rows], "best": best, **identity}
     buf = io.BytesIO()
     torch.save(state, buf)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
 
 
-def _load_state(path: Path, cfg: TrainConfig) -> dict:
+def _load_state(path: Path, method: Distiller, identity: dict[str, Any]) -> dict:
+    """A saved training state, refused (naming what differs) when it was written by another config,
+    method, method hyper-parameters or data; the distiller's state is restored strictly."""
     from .checkpoint import CheckpointError, load_checkpoint
-    state = load_checkpoint(path, format="kd_utils/train-state/1")
-    if state["config"] != cfg.to_dict():
-        diff = {k: (state["config"].get(k), v) for k, v in cfg.to_dict().items() if state["config"].get(k) != v}
-        raise CheckpointError(f"cannot resume from {path}: it was written with a different config "
-                              f"(saved, now): {diff}")
+    state = load_checkpoint(path, format=STATE_FORMAT)
+    for part, now in identity.items():
+        saved = state.get(part)
+        if saved != now:
+            diff = ({k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+                    if isinstance(saved, dict) and isinstance(now, dict) else (saved, now))
+            raise CheckpointError(f"cannot resume from {path}: it was written with a different {part} "
+                                  f"(saved, now): {diff}")
+    mine = {k for k in method.state_dict() if not k.startswith("teacher.")}
+    missing, unexpected = sorted(mine - set(state["method"])), sorted(set(state["method"]) - mine)
+    if missing or unexpected:
+        raise CheckpointError(f"cannot resume from {path}: its distiller state does not fit this method "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    method.load_state_dict(state["method"], strict=False)  # strict on everything but the frozen teacher
     return state
 
 
-def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = None,
-        train_extras: Sequence[torch.Tensor] = (), epoch_extras: Sequence[torch.Tensor] = (),
-        checkpoint_path: str | Path | None = None,
-        state_path: str | Path | None = None, resume: bool = False, progress: bool = True,
-        desc: str | None = None, restore_best: bool = True, stop_after: int | None = None) -> FitResult:
-    """Train ``model`` on ``data`` (a :class:`~kd_utils.data.DataBundle`) following ``cfg``.
+@dataclass
+class _Loop:
+    """What every step of one ``fit`` call shares."""
+    method: Distiller
+    step_fn: Any                 # the distiller, or its DDP / compiled wrapper
+    opt: torch.optim.Optimizer
+    sched: Any
+    loader: Any
+    cfg: TrainConfig
+    device: torch.device
+    precision: str
+    world: int
+    clip_params: list
+    constrain: Any
+    fixed_names: tuple[str, ...]  # teacher outputs batched with the samples
+    plan_names: tuple[str, ...]   # teacher outputs stored per plan epoch
+    epochs: int                   # of the schedule (cfg.epochs, also when stopped early)
 
-    ``method`` is a distiller whose ``student`` is ``model`` (default: plain cross-entropy).
-    Every epoch the model is validated on the ``val`` split; the best epoch's weights are kept
-    (written to ``checkpoint_path`` if given) and restored at the end when ``restore_best``. A bundle
-    with no validation split (``val_fraction=0``) keeps the last epoch instead.
 
-    ``state_path``: after every epoch the full training state (weights, optimiser, schedule, RNG
-    states, history) is written there atomically; with ``resume=True`` a run that was interrupted
-    (Ctrl-C, SIGTERM, SIGKILL) continues from its last completed epoch and ends with the same
-    numbers as an uninterrupted run. Returns a :class:`FitResult` with one history row per epoch.
+def train_step(loop: _Loop, x: torch.Tensor, y: torch.Tensor, ctx: StepContext, i: int):
+    """One optimiser step on a batch; returns (logits, loss terms, total loss, the lr it used)."""
+    with autocast(loop.device, loop.precision):
+        logits, losses = loop.step_fn(x, y, ctx)
+    loss = sum(losses.values())
+    if loop.world > 1:  # DDP averages over processes; weight by share so a ragged batch counts like one process
+        global_n = min(loop.cfg.batch_size, loop.loader.num_samples - i * loop.cfg.batch_size)
+        loss_for_grad = loss * (y.shape[0] * loop.world / global_n)
+    else:
+        loss_for_grad = loss
+    loop.opt.zero_grad(set_to_none=True)
+    loss_for_grad.backward()
+    if loop.cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(loop.clip_params, loop.cfg.grad_clip)
+    loop.opt.step()
+    lr = loop.opt.param_groups[0]["lr"]  # the rate this step used (logged; the schedule moves on)
+    loop.sched.step()
+    if loop.constrain is not None:
+        loop.constrain()
+    return logits, losses, loss, lr
 
-    ``stop_after``: train only the first ``stop_after`` epochs of ``cfg``'s schedule (an early-stopped
-    run: the learning rate follows the full run's schedule up to that epoch).
 
-    ``train_extras``: per-sample tensors batched with the images (cached logits of an un-augmented
-    transfer set). ``epoch_extras``: tensors (epochs, N, ...) holding, for every epoch of the run's
-    augmentation plan, the outputs for the samples in the order that epoch visits them
-    (:func:`kd_utils.plans.teacher_outputs`); they are valid with augmentation because the loader
-    replays the same plan (``cfg.plan_seed``).
-    """
+def train_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
+    """One pass over the plan's epoch ``epoch``: the history row's training part (losses per term,
+    accuracy, the last lr). Sums stay on the device: no host sync inside the loop."""
+    from . import distributed as D
+    loop.method.train()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=loop.device)
+    seen, steps, lr = 0, len(loop.loader), loop.opt.param_groups[0]["lr"]
+    for i, (x, y, index, *outs) in enumerate(loop.loader):
+        teacher = dict(zip(loop.fixed_names + loop.plan_names, outs))
+        ctx = StepContext(epoch=epoch, step=(epoch - 1) * steps + i, epochs=loop.epochs, steps_per_epoch=steps,
+                          index=index, teacher=teacher)
+        logits, losses, loss, lr = train_step(loop, x, y, ctx, i)
+        n = y.shape[0]
+        for k, v in {"loss": loss, **losses}.items():
+            sums[k] = sums.get(k, 0) + v.detach().float() * n
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += n
+    if loop.world > 1:  # epoch metrics over all processes' shares
+        keys = sorted(sums)
+        packed = D.all_reduce_sum(torch.stack([sums[k] for k in keys] + [correct.float(),
+                                                                         torch.tensor(float(seen), device=loop.device)]))
+        sums, correct, seen = dict(zip(keys, packed[:len(keys)])), packed[-2], int(packed[-1].item())
+    terms = {k: (v / seen).item() for k, v in sums.items()}
+    bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+    if bad:
+        raise TrainingDiverged(f"loss became non-finite in epoch {epoch} (steps {(epoch - 1) * steps + 1}"
+                               f"-{epoch * steps}): {bad}")
+    return {"epoch": epoch, "lr": lr, "train_loss": terms.pop("loss"), **{f"train_{k}": v for k, v in terms.items()},
+            "train_acc": (correct / seen).item()}
+
+
+def _setup(model: nn.Module, data, cfg: TrainConfig, method: Distiller, teacher_outputs: dict, plan_outputs: dict,
+           epochs: int) -> _Loop:
+    """Device, precision, loader (sample indices and teacher outputs batched with the images), DDP and
+    compile wrappers, optimiser and schedule."""
+    from . import distributed as D
+    world, rank = D.world_size(), D.rank()
+    device = D.local_device(resolve_device(cfg.device))
+    precision = resolve_precision(cfg.precision, device)
+    channels_last = uses_channels_last(model)
+    seed_everything(cfg.seed + rank)  # dropout and any other global randomness (its own stream per process)
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    index = torch.arange(len(data.y_train))
+    loader = data.loader("train", batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.plan_seed,
+                         device=device, extras=(index, *teacher_outputs.values()), channels_last=channels_last,
+                         rank=rank, world_size=world, epoch_extras=tuple(plan_outputs.values()))
+    step_fn = method
+    if world > 1:  # gradients of the student (and adapters) are averaged; the frozen teacher is left out
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        if method.teacher is not None:
+            DDP._set_params_and_buffers_to_ignore_for_model(
+                method, [f"teacher.{k}" for k in method.teacher.state_dict()])
+        step_fn = DDP(method, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # forward + loss compiled, backward through AOTAutograd; wraps DDP, as torch advises
+        step_fn = torch.compile(step_fn)
+    clip_params = list(method.trainable_parameters())
+    opt = make_optimizer(clip_params, cfg)
+    return _Loop(method, step_fn, opt, make_scheduler(opt, cfg, len(loader)), loader, cfg, device, precision, world,
+                 clip_params, getattr(model, "apply_constraints", None), tuple(teacher_outputs), tuple(plan_outputs),
+                 epochs)
+
+
+def _check_fit_args(model, data, cfg, method, teacher_outputs, plan_outputs, stop_after, resume, state_path) -> None:
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
-    method = method if method is not None else Vanilla(model, label_smoothing=cfg.label_smoothing)
     if method.student is not model:
         raise ValueError("method.student must be the model being trained")
-    if train_extras and cfg.augment is not None:
-        raise ValueError(f"train_extras (e.g. cached teacher logits) cannot be used with augment={cfg.augment!r}: "
-                         "they would not match the augmented images")
+    if teacher_outputs and cfg.augment is not None:
+        raise ValueError(f"teacher_outputs (e.g. cached teacher logits) cannot be used with augment={cfg.augment!r}: "
+                         "they would not match the augmented images; use plan_outputs")
     n_train = len(data.y_train)
-    for e in epoch_extras:
+    for name, e in plan_outputs.items():
         if e.dim() < 2 or e.shape[0] < cfg.epochs or e.shape[1] != n_train:
-            raise ValueError(f"epoch_extras of shape {tuple(e.shape)} do not cover this run: need at least "
+            raise ValueError(f"plan_outputs[{name!r}] of shape {tuple(e.shape)} do not cover this run: need at least "
                              f"({cfg.epochs}, {n_train}, ...) (epochs, training samples)")
+    clash = sorted(set(teacher_outputs) & set(plan_outputs))
+    if clash:
+        raise ValueError(f"teacher outputs {clash} given both per sample and per plan epoch; give each once")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
                                    or not 1 <= stop_after <= cfg.epochs):
         raise ValueError(f"stop_after must be an epoch in 1..{cfg.epochs} (cfg.epochs), got {stop_after!r}")
     if resume and state_path is None:
         raise ValueError("resume=True needs state_path (where the per-epoch training state is kept)")
+
+
+def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = None,
+        teacher_outputs: dict[str, torch.Tensor] | None = None, plan_outputs: dict[str, torch.Tensor] | None = None,
+        checkpoint_path: str | Path | None = None,
+        state_path: str | Path | None = None, resume: bool = False, progress: bool = True,
+        desc: str | None = None, restore_best: bool = True, stop_after: int | None = None) -> FitResult:
+    """Train ``model`` on ``data`` (a :class:`~kd_utils.data.DataBundle`) following ``cfg``.
+
+    ``method`` is a distiller whose ``student`` is ``model`` (default: plain cross-entropy); each batch
+    it gets a :class:`~kd_utils.train_kd.StepContext` (epoch, step, sample indices, named teacher
+    outputs). Every epoch the model is validated on the ``val`` split; the best epoch's weights are kept
+    (written to ``checkpoint_path`` if given) and restored at the end when ``restore_best``. A bundle
+    with no validation split (``val_fraction=0``) keeps the last epoch instead.
+
+    ``state_path``: after every epoch the full training state (weights, distiller state, optimiser,
+    schedule, RNG states, history) is written there atomically; with ``resume=True`` a run that was
+    interrupted (Ctrl-C, SIGTERM, SIGKILL) continues from its last completed epoch and ends with the
+    same numbers as an uninterrupted run. A state written by another config, method, method
+    hyper-parameters or data is refused. Returns a :class:`FitResult` with one history row per epoch.
+
+    ``stop_after``: train only the first ``stop_after`` epochs of ``cfg``'s schedule (an early-stopped
+    run: the learning rate follows the full run's schedule up to that epoch).
+
+    ``teacher_outputs``: named per-sample tensors batched with the images (cached logits of an
+    un-augmented transfer set: ``{"logits": ...}``). ``plan_outputs``: named tensors (epochs, N, ...)
+    holding, for every epoch of the run's augmentation plan, the outputs for the samples in the order
+    that epoch visits them (:func:`kd_utils.plans.teacher_outputs`); they are valid with augmentation
+    because the loader replays the same plan (``cfg.plan_seed``).
+    """
+    method = method if method is not None else Vanilla(model, label_smoothing=getattr(cfg, "label_smoothing", 0.0))
+    teacher_outputs, plan_outputs = dict(teacher_outputs or {}), dict(plan_outputs or {})
+    _check_fit_args(model, data, cfg, method, teacher_outputs, plan_outputs, stop_after, resume, state_path)
     from . import distributed as D
-    world, rank = D.world_size(), D.rank()
-    main = rank == 0  # only rank 0 writes files and shows progress
-    device = D.local_device(resolve_device(cfg.device))
-    precision = resolve_precision(cfg.precision, device)
-    channels_last = uses_channels_last(model)
+    main = D.rank() == 0  # only rank 0 writes files and shows progress
     from .fileio import check_writable
     for p in (checkpoint_path, state_path):  # fail now, not after hours of training
         if p is not None and main:
@@ -238,43 +372,21 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     if checkpoint_path is not None and main:  # what save_checkpoint would refuse, refused before the first batch
         from .checkpoint import check_savable
         check_savable(model, config=cfg.to_dict(), extra={"method": method.describe()})
-    seed_everything(cfg.seed + rank)  # dropout and any other global randomness (its own stream per process)
-
-    method.to(device)
-    if channels_last:
-        method.to(memory_format=torch.channels_last)
-    train_loader = data.loader("train", batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.plan_seed,
-                               device=device, extras=tuple(train_extras), channels_last=channels_last,
-                               rank=rank, world_size=world, epoch_extras=tuple(epoch_extras))
-    step = method
-    if world > 1:  # gradients of the student (and adapters) are averaged; the frozen teacher is left out
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        if method.teacher is not None:
-            DDP._set_params_and_buffers_to_ignore_for_model(
-                method, [f"teacher.{k}" for k in method.teacher.state_dict()])
-        step = DDP(method, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:  # forward + loss compiled, backward through AOTAutograd; wraps DDP, as torch advises
-        step = torch.compile(step)
-    has_val = len(data.y_val) > 0
-    clip_params = list(method.trainable_parameters())
-    opt = make_optimizer(clip_params, cfg)
-    sched = make_scheduler(opt, cfg, len(train_loader))
-    constrain = getattr(model, "apply_constraints", None)
-
+    loop = _setup(model, data, cfg, method, teacher_outputs, plan_outputs, cfg.epochs)
+    identity = _resume_identity(method, data, cfg) if state_path is not None else {}
     rows: list[dict] = []
     best = {"acc": -1.0, "epoch": 0, "state": None}
     first_epoch = 1
     if resume and Path(state_path).exists():
-        st = _load_state(Path(state_path), cfg)
-        method.load_state_dict(st["method"], strict=False)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        st = _load_state(Path(state_path), method, identity)
+        loop.opt.load_state_dict(st["optimizer"])
+        loop.sched.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["rng_cpu"])
         if st["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["rng_cuda"])
         rows, best = [dict(r, epoch=int(r["epoch"])) for r in st["history"]], st["best"]
         first_epoch = st["epoch"] + 1
-        train_loader.set_epoch(st["epoch"])  # the shuffling/augmentation stream continues where it stopped
+        loop.loader.set_epoch(st["epoch"])  # the shuffling/augmentation stream continues where it stopped
         if progress and main:
             print(f"resuming {desc or type(method).__name__} after epoch {st['epoch']} from {state_path}")
 
@@ -282,52 +394,16 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     last_epoch = cfg.epochs if stop_after is None else stop_after
     bar = tqdm(range(first_epoch, last_epoch + 1), desc=desc or type(method).__name__, disable=not (progress and main),
                unit="epoch", initial=first_epoch - 1, total=last_epoch)
+    has_val = len(data.y_val) > 0
     for epoch in bar:
         t0 = time.perf_counter()
-        method.train()
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        seen = 0
-        for i, (x, y, *extras) in enumerate(train_loader):
-            with autocast(device, precision):
-                logits, losses = step(x, y, *extras)
-            loss = sum(losses.values())
-            if world > 1:  # DDP averages over processes; weight by share so a ragged batch counts like one process
-                global_n = min(cfg.batch_size, train_loader.num_samples - i * cfg.batch_size)
-                loss_for_grad = loss * (y.shape[0] * world / global_n)
-            else:
-                loss_for_grad = loss
-            opt.zero_grad(set_to_none=True)
-            loss_for_grad.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(clip_params, cfg.grad_clip)
-            opt.step()
-            last_lr = opt.param_groups[0]["lr"]  # the rate this step used (logged; the schedule moves on)
-            sched.step()
-            if constrain is not None:
-                constrain()
-            # Accumulate on the device: no host sync inside the loop.
-            n = y.shape[0]
-            for k, v in {"loss": loss, **losses}.items():
-                sums[k] = sums.get(k, 0) + v.detach().float() * n
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += n
-        if world > 1:  # epoch metrics over all processes' shares
-            keys = sorted(sums)
-            packed = D.all_reduce_sum(torch.stack([sums[k] for k in keys] + [correct.float(),
-                                                                             torch.tensor(float(seen), device=device)]))
-            sums, correct, seen = dict(zip(keys, packed[:len(keys)])), packed[-2], int(packed[-1].item())
-        terms = {k: (v / seen).item() for k, v in sums.items()}
-        bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
-        if bad:  # nothing of this epoch is saved: the last good state and the best checkpoint stay as they were
-            raise TrainingDiverged(f"loss became non-finite in epoch {epoch} (steps {(epoch - 1) * len(train_loader) + 1}"
-                                   f"-{epoch * len(train_loader)}): {bad}; the best checkpoint (epoch "
-                                   f"{best['epoch']}) and the last good training state were kept. "
-                                   f"Try a lower lr (now {cfg.lr}).")
-        row = {"epoch": epoch, "lr": last_lr, "train_loss": terms.pop("loss"),
-               **{f"train_{k}": v for k, v in terms.items()}, "train_acc": (correct / seen).item()}
+        try:
+            row = train_epoch(loop, epoch)
+        except TrainingDiverged as e:  # nothing of this epoch is saved: the last good state and best checkpoint stay
+            raise TrainingDiverged(f"{e}; the best checkpoint (epoch {best['epoch']}) and the last good training "
+                                   f"state were kept. Try a lower lr (now {cfg.lr}).") from None
         if has_val:
-            val = evaluate(model, data, "val", device=device, precision=precision)
+            val = evaluate(model, data, "val", device=loop.device, precision=loop.precision)
             row.update(val_loss=val.loss, val_acc=val.accuracy)
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
@@ -344,14 +420,14 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                                 metrics={"epoch": epoch, "val_acc": row.get("val_acc"), "train_acc": row["train_acc"]},
                                 extra={"method": method.describe()})
         if state_path is not None and main:
-            _save_state(Path(state_path), method, opt, sched, epoch, rows, best, cfg)
+            _save_state(Path(state_path), method, loop.opt, loop.sched, epoch, rows, best, identity)
         bar.set_postfix({k: f"{row[k]:.4f}" for k in ("train_loss", "val_acc") if k in row})
     if restore_best and best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
-    if channels_last:  # hand back an ordinary contiguous model
+    if uses_channels_last(model):  # hand back an ordinary contiguous model
         model.to(memory_format=torch.contiguous_format)
     return FitResult(history=pd.DataFrame(rows), best_epoch=best["epoch"], best_val_acc=best["acc"],
                      wall_time_s=time.perf_counter() - start,
-                     config={**cfg.to_dict(), **method.describe(), "precision_used": precision,
-                             "device_used": str(device), "world_size": world})
+                     config={**cfg.to_dict(), **method.describe(), "precision_used": loop.precision,
+                             "device_used": str(loop.device), "world_size": loop.world})

@@ -1,14 +1,18 @@
 """Distillers: one small class per method, in the pattern of mdistiller.
 
 A distiller is an ``nn.Module`` holding a student and (optionally) a frozen teacher. Its training
-forward takes a batch ``(x, y, *extras)`` and returns ``(student_logits, {"loss_ce": ..., ...})``;
-the trainer sums the dict and logs every term, so a new method never touches the trainer.
-``extras`` may carry cached teacher logits (:mod:`kd_utils.experiments` and :mod:`kd_utils.plans`).
-This module sits below the training loop: it imports nothing from ``train_eval``.
+forward takes a batch ``(x, y, ctx)`` and returns ``(student_logits, {"loss_ce": ..., ...})``; the
+trainer sums the dict and logs every term, so a new method never touches the trainer. ``ctx`` is a
+:class:`StepContext`: where the run is in its schedule (epoch, step, totals), the batch's sample
+indices, and named teacher outputs served from a cache (``ctx.teacher["logits"]``, ``["embedding"]``;
+:mod:`kd_utils.experiments` and :mod:`kd_utils.plans`). A distiller may keep state across batches in
+buffers (a memory bank indexed by ``ctx.index``): it is saved with the training state and resumes
+exactly. This module sits below the training loop: it imports nothing from ``train_eval``.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -16,6 +20,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import KDConfig
+
+
+@dataclass
+class StepContext:
+    """What a distiller may know about the batch it trains on, besides ``(x, y)``.
+
+    ``epoch`` counts from 1, ``step`` (the optimiser steps taken before this one) from 0; ``index`` holds
+    the batch's sample indices in the training split; ``teacher`` the teacher's outputs for these
+    samples by name, when they come from a cache (empty: run the teacher)."""
+    epoch: int = 1
+    step: int = 0
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    index: torch.Tensor | None = None
+    teacher: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the run's steps taken before this one, in [0, 1)."""
+        return self.step / self.total_steps
 
 
 # ------------------------------------------------------------------ losses ----
@@ -48,7 +76,7 @@ class Distiller(nn.Module):
     """Base class: a student, a frozen teacher (or none), and any extra learnable parts.
 
     ``logits_only``: the method reads nothing of the teacher but its logits, so they may come from
-    a cache (the first of ``extras``) instead of a teacher forward pass.
+    a cache (``ctx.teacher["logits"]``) instead of a teacher forward pass.
     ``family``: the method family whose numerics version keys its runs (:mod:`kd_utils.numerics`);
     None for plain cross-entropy, which only the loop's version covers."""
     logits_only = False
@@ -77,8 +105,9 @@ class Distiller(nn.Module):
         teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
         return (p for p in self.parameters() if id(p) not in teacher_ids and p.requires_grad)
 
-    def teacher_logits(self, x: torch.Tensor, cached: torch.Tensor | None = None) -> torch.Tensor:
-        """Cached logits when given (un-augmented transfer set), else a fresh no-grad teacher pass."""
+    def teacher_logits(self, x: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
+        """Cached logits when the context has them, else a fresh no-grad teacher pass."""
+        cached = None if ctx is None else ctx.teacher.get("logits")
         if cached is not None:
             return cached.float()  # caches store float16
         if self.teacher is None:
@@ -86,7 +115,8 @@ class Distiller(nn.Module):
         with torch.no_grad():
             return self.teacher(x)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, ctx: StepContext | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -103,7 +133,7 @@ class Vanilla(Distiller):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
-    def forward(self, x, y, *extras):
+    def forward(self, x, y, ctx=None):
         logits = self.student(x)
         return logits, {"loss_ce": F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)}
 
@@ -124,13 +154,13 @@ class SoftTargetDistiller(Distiller):
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x, y, *extras):
+    def forward(self, x, y, ctx=None):
         logits = self.student(x)
         losses = {}
         if self.alpha < 1:
             losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
         if self.alpha > 0:
-            t_logits = self.teacher_logits(x, extras[0] if extras else None)
+            t_logits = self.teacher_logits(x, ctx)
             losses[self.term] = self.alpha * self.soft_loss(logits, t_logits)
         return logits, losses
 

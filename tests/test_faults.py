@@ -182,7 +182,7 @@ def test_28_divergence_keeps_best_checkpoint_and_last_state(tmp_path):
 def test_29_cached_logits_with_augmentation():
     data = make_bundle(n_train=256, n_val=64, n_test=64)
     with pytest.raises(ValueError, match="would not match the augmented images"):
-        fit(build_model("mnist_mlp"), data, TrainConfig(augment="crop", **CPU), train_extras=(torch.zeros(256, 10),))
+        fit(build_model("mnist_mlp"), data, TrainConfig(augment="crop", **CPU), teacher_outputs={"logits": torch.zeros(256, 10)})
 
 
 def test_30_resume_with_a_different_config(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from kd_utils import build_model
 from kd_utils.feature_kd import FeatureHooks, layer_names
+from kd_utils.train_kd import StepContext
 
 
 def test_hooks_capture_named_stages_and_are_removed():
@@ -154,7 +155,7 @@ def test_pooled_methods_read_cached_teacher_outputs_exactly_like_the_online_teac
     for cls in (PKT, CosineMatching):
         d = cls(s, t, alpha=0.5)
         _, online = d(x, y)
-        _, cached = d(x, y, t_out, feats["stage5"].mean((2, 3)))
+        _, cached = d(x, y, StepContext(teacher={"logits": t_out, "embedding": feats["stage5"].mean((2, 3))}))
         for k in online:
             torch.testing.assert_close(cached[k], online[k])
 

@@ -143,7 +143,7 @@ def test_distilled_student_equals_hand_built_hinton_kd_on_cached_logits(tmp_path
     seed_everything(3)
     hand = build_model("hinton_student")
     fit(hand, data, cfg.replace(seed=3), method=HintonKD(hand, teacher, temperature=4.0, alpha=0.7),
-        train_extras=(logits,), progress=False)
+        teacher_outputs={"logits": logits}, progress=False)
     from kd_utils.runs import round_weights
     round_weights(hand)  # a run's model is its stored float16 weights
     for a, b in zip(run.model.state_dict().values(), hand.state_dict().values()):

@@ -138,12 +138,12 @@ def test_cached_kd_tracks_online_kd(toy_cifar, tmp_path):
             torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3, msg=k)
 
 
-def test_fit_rejects_epoch_extras_that_do_not_cover_the_run(toy_cifar):
+def test_fit_rejects_plan_outputs_that_do_not_cover_the_run(toy_cifar):
     student = build_model("vgg8", width=0.125)
     cfg = TrainConfig(epochs=3, batch_size=64, augment="crop", device="cpu", precision="fp32")
     short = torch.zeros(2, len(toy_cifar.y_train), 10)
     with pytest.raises(ValueError, match=r"do not cover this run"):
-        fit(student, toy_cifar, cfg, method=HintonKD(student, None), epoch_extras=(short,), progress=False)
+        fit(student, toy_cifar, cfg, method=HintonKD(student, None), plan_outputs={"logits": short}, progress=False)
 
 
 def test_resume_with_cached_plan_outputs_ends_like_an_uninterrupted_run(toy_cifar, tmp_path):
@@ -164,7 +164,7 @@ def test_resume_with_cached_plan_outputs_ends_like_an_uninterrupted_run(toy_cifa
                 raise KeyboardInterrupt  # interrupted in epoch 2, after epoch 1's state was saved
         h = student.register_forward_hook(hook)
         try:
-            fit(student, toy_cifar, cfg, method=HintonKD(student, None, temperature=4.0), epoch_extras=(outs.logits,),
+            fit(student, toy_cifar, cfg, method=HintonKD(student, None, temperature=4.0), plan_outputs={"logits": outs.logits},
                 state_path=state_path, resume=resume, progress=False, restore_best=False)
         finally:
             h.remove()

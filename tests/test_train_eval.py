@@ -92,7 +92,7 @@ def test_bad_fit_arguments(toy_mnist):
     with pytest.raises(TypeError, match="cfg must be a TrainConfig"):
         fit(model, toy_mnist, {"epochs": 1})
     with pytest.raises(ValueError, match="would not match the augmented images"):
-        fit(model, toy_mnist, TrainConfig(augment="jitter", **CPU), train_extras=(torch.zeros(512, 10),))
+        fit(model, toy_mnist, TrainConfig(augment="jitter", **CPU), teacher_outputs={"logits": torch.zeros(512, 10)})
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU is available"):
             fit(model, toy_mnist, TrainConfig(device="cuda"))
@@ -114,13 +114,14 @@ def test_grad_clip_bounds_the_update(toy_mnist):
 def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):
     """The paper protocol: no hold-out, a fixed number of epochs, the last one reported."""
     import math
-    from kd_utils.train_eval import _load_state
+    from kd_utils.checkpoint import load_checkpoint
+    from kd_utils.train_eval import STATE_FORMAT
     data = get_data("mnist", train_subset=400, test_subset=50, val_fraction=0)
     cfg = TrainConfig(epochs=3, batch_size=64, device="cpu", precision="fp32", lr=0.05, optimizer="sgd")
     seed_everything(0)
     model = build_model("mnist_mlp")
     res = fit(model, data, cfg, progress=False, state_path=tmp_path / "state.pt")
     assert res.best_epoch == 3 and math.isnan(res.best_val_acc) and "val_acc" not in res.history
-    last = _load_state(tmp_path / "state.pt", cfg)["method"]  # the state written after epoch 3
+    last = load_checkpoint(tmp_path / "state.pt", format=STATE_FORMAT)["method"]  # the state written after epoch 3
     for k, v in model.state_dict().items():
         assert torch.equal(v, last[f"student.{k}"])

@@ -9,7 +9,7 @@ import torch
 from kd_utils import HintonKD, LogitMatching, Vanilla, build_distiller, build_model, kd_loss
 from kd_utils.config import TrainConfig
 from kd_utils.experiments import cache_teacher_logits, distill
-from kd_utils.train_kd import logit_mse_loss
+from kd_utils.train_kd import StepContext, logit_mse_loss
 
 
 def kd_by_hand(s: torch.Tensor, t: torch.Tensor, T: float) -> float:
@@ -116,7 +116,7 @@ def test_cached_logits_are_used_instead_of_the_teacher():
     x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
     fake = torch.zeros(4, 10)
     d = HintonKD(student, teacher, 3.0, alpha=1.0)
-    with_cache = d(x, y, fake)[1]["loss_kd"].item()
+    with_cache = d(x, y, StepContext(teacher={"logits": fake}))[1]["loss_kd"].item()
     fresh = d(x, y)[1]["loss_kd"].item()
     assert with_cache == pytest.approx(kd_by_hand(student(x).detach(), fake, 3.0), rel=1e-4)
     assert with_cache != pytest.approx(fresh)
