@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from . import metrics
 from .train_kd import kd_loss
 
 
@@ -130,13 +131,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> pd.DataFrame:
     """Per equal-width confidence bin (lo, hi]: count, mean confidence and accuracy (NaN when empty).
     The count-weighted mean of |accuracy - confidence| is the ECE of :mod:`kd_utils.metrics`."""
-    probs = torch.softmax(logits.double(), dim=1)
-    conf, pred = probs.max(1)
-    correct = (pred == labels).double()
-    idx = (torch.ceil(conf * n_bins) - 1).clamp(0, n_bins - 1).long()
-    count = torch.bincount(idx, minlength=n_bins).double()
-    s_conf = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf)
-    s_acc = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, correct)
+    count, s_conf, s_acc = metrics.confidence_bins(logits, labels, n_bins)
     with np.errstate(invalid="ignore"):
         return pd.DataFrame({"lo": np.arange(n_bins) / n_bins, "hi": np.arange(1, n_bins + 1) / n_bins,
                              "count": count.numpy().astype(int), "confidence": (s_conf / count).numpy(),

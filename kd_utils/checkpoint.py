@@ -10,7 +10,6 @@ Files are written atomically: an interrupted save leaves the previous checkpoint
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import io
 import pickle
 import zipfile
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .digests import state_digest
 from .fileio import atomic_path
 from .models import build_model
 from .runtime import versions
@@ -113,18 +113,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match the checksum stored "
                               "when it was saved")
     return payload
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and raw bytes of every tensor: detects bit rot inside the
-    weights, which the archive format itself does not."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def load_model(path: str | Path, expected: str | None = None, map_location: str | torch.device = "cpu") -> nn.Module:

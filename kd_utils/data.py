@@ -56,7 +56,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .digests import file_digest
+from .fetch import DataError, note
 from .fileio import atomic_path
+from .web_data import CIFAR100_COARSE, CIFAR100_FINE, SOURCES, obtain
 
 __all__ = [
     "AUGMENTATIONS",
@@ -161,7 +164,6 @@ def dataset_info(name: str) -> dict:
 
 def _classes(name: str) -> list[str]:
     if name in ("cifar100", "cifar100_coarse"):
-        from .web_data import CIFAR100_COARSE, CIFAR100_FINE
         return list(CIFAR100_FINE if name == "cifar100" else CIFAR100_COARSE)
     return list(_INFO[name]["classes"])
 
@@ -185,17 +187,10 @@ def cache_path(name: str, root: str | os.PathLike | None = None) -> Path:
 # =====================================================================================================
 
 
-class DataError(RuntimeError):
-    """A data set could not be obtained: no client, client failed, checksum mismatch, bad archive."""
-
-
 class DataWarning(UserWarning):
     """A cache was found damaged or stale and is being rebuilt."""
 
 
-def _note(message: str) -> None:
-    # One-time events (a fetch, a cache build) take tens of seconds: say so, or a notebook looks hung.
-    print(f"[kd_utils.data] {message}", file=sys.stderr, flush=True)
 
 
 # =====================================================================================================
@@ -277,16 +272,8 @@ def _find_client(client: str) -> list[str] | None:
     return [path] if path else None
 
 
-def _sha256_file(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_artifact(path: Path, source: _Source, how: str, downloads: Path) -> None:
-    got = _sha256_file(path)
+    got = file_digest(path)
     if got != source.sha256:
         raise DataError(
             f"checksum mismatch for {source.dataset} artifact {path} ({how}): expected sha256 "
@@ -320,7 +307,7 @@ def _obtain_artifact(source: _Source, root: Path) -> Path:
             f"{source.hint(downloads)}"
         )
 
-    _note(f"fetching {source.dataset}: {source.command_text()} (once; the result is cached in {root})")
+    note(f"fetching {source.dataset}: {source.command_text()} (once; the result is cached in {root})")
     downloads.mkdir(parents=True, exist_ok=True)
     # The client works in a private temp dir beside the target, so the final move is a same-disk
     # rename and a failed or interrupted fetch leaves nothing that looks like an artifact.
@@ -539,7 +526,6 @@ def _content_sha256(tensors: dict[str, torch.Tensor]) -> str:
 def _source_identity(name: str) -> str:
     if name in _SOURCES:
         return _SOURCES[name].sha256
-    from .web_data import SOURCES
     return SOURCES[name].identity
 
 
@@ -591,17 +577,16 @@ def load_raw(name: str, root: str | os.PathLike | None = None) -> dict[str, torc
     else:
         source = _SOURCES[name]
         artifact = _obtain_artifact(source, root)
-        _note(f"converting {artifact.name} into {path}")
+        note(f"converting {artifact.name} into {path}")
         tensors = _convert(source, artifact, root)
     _write_cache(path, name, tensors)
     return tensors
 
 
 def _load_web(name: str, root: Path) -> dict[str, torch.Tensor]:
-    from .web_data import SOURCES, obtain
     source = SOURCES[name]
     files = obtain(source, root)
-    _note(f"converting {', '.join(p.name for p in files)} into {cache_path(name, root)}")
+    note(f"converting {', '.join(p.name for p in files)} into {cache_path(name, root)}")
     try:
         tensors = source.convert(files)
         _check_tensors(name, tensors)

@@ -19,54 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import DEFAULT_COHORT as DEFAULT_MEMBERS, build_cohort  # noqa: F401 (re-exported)
+from .models.ensembles import COMBINE, Cohort, Ensemble, ensemble_logits  # noqa: F401 (re-exported)
 from .train_kd import DISTILLERS, Distiller, kd_loss
-
-COMBINE = ("logits", "probs")
-
-
-class Ensemble(nn.Module):
-    """Models evaluated as one: ``combine="logits"`` averages logits; ``"probs"`` averages softmax
-    probabilities and returns their log (a valid logit vector for the averaged distribution)."""
-
-    def __init__(self, models: Sequence[nn.Module], combine: str = "probs"):
-        super().__init__()
-        if len(models) == 0:
-            raise ValueError("an ensemble needs at least one model")
-        if combine not in COMBINE:
-            raise ValueError(f"unknown combine {combine!r}; allowed: {', '.join(COMBINE)}")
-        ks = {getattr(m, "num_classes", None) for m in models} - {None}
-        if len(ks) > 1:
-            raise ValueError(f"ensemble members predict different numbers of classes: {sorted(ks)}")
-        self.members = nn.ModuleList(models)
-        self.combine = combine
-        self.num_classes = ks.pop() if ks else None
-        # Take the members' mode (trained models are usually in eval): a later .train(self.training), as
-        # helpers do to restore a module's mode, must not flip eval-mode members into training mode.
-        self.training = all(m.training for m in models)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ensemble_logits([m(x) for m in self.members], self.combine)
-
-
-class Cohort(nn.Module):
-    """Several students trained together; ``forward`` returns every student's logits stacked
-    (S, N, K) in training, and the ensemble's (mean probability) log-probabilities in eval mode, so
-    ``fit`` validates the ensemble."""
-
-    def __init__(self, students: Sequence[nn.Module]):
-        super().__init__()
-        if len(students) < 1:
-            raise ValueError("a cohort needs at least one student")
-        self.students = nn.ModuleList(students)
-        self.num_classes = getattr(students[0], "num_classes", None)
-
-    def all_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([s(x) for s in self.students])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.all_logits(x).float().mean(0)
-        return ensemble_logits([s(x) for s in self.students], "probs")
 
 
 def mutual_loss(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -142,16 +97,6 @@ def pairwise_kl(logits: Sequence[torch.Tensor]) -> float:
     return float(sum(pairs) / len(pairs))
 
 
-def ensemble_logits(logits: Sequence[torch.Tensor], combine: str = "probs") -> torch.Tensor:
-    """What :class:`Ensemble` computes, from precomputed logits of its members."""
-    outs = torch.stack([lg.float() for lg in logits])
-    if combine == "logits":
-        return outs.mean(0)
-    if combine != "probs":
-        raise ValueError(f"unknown combine {combine!r}; allowed: {', '.join(COMBINE)}")
-    return torch.logsumexp(F.log_softmax(outs, -1), 0) - torch.log(torch.tensor(float(len(outs))))
-
-
 def ensemble_curve(logits: Sequence[torch.Tensor], labels: torch.Tensor, combine: str = "probs",
                    subsets: bool = False) -> list[float]:
     """Test accuracy of the ensemble of the first 1, 2, ..., k models; with ``subsets=True`` the
@@ -172,19 +117,3 @@ def disagreement_matrix(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """(M, M) fraction of samples on which models i and j differ in their top-1 prediction."""
     preds = torch.stack([lg.argmax(1) for lg in logits])
     return (preds[:, None, :] != preds[None, :, :]).float().mean(-1)
-
-
-DEFAULT_MEMBERS = ({"name": "vgg8", "width": 0.25}, {"name": "vgg8", "width": 0.25})
-
-
-def build_cohort(members: Sequence[dict] = DEFAULT_MEMBERS, num_classes: int = 10, **common: Any) -> Cohort:
-    """A :class:`Cohort` from model specs ``[{"name": "vgg8", "width": 0.25}, ...]`` (built in order,
-    so one seed gives every member its own, reproducible initialisation); registered as the model
-    ``"cohort"``, so cohorts checkpoint and reload like any model. ``common`` keywords (e.g. ``width``)
-    apply to every member unless its spec sets them."""
-    from .models import build_model
-    students = []
-    for spec in members:
-        spec = dict(spec)
-        students.append(build_model(spec.pop("name"), num_classes=num_classes, **{**common, **spec}))
-    return Cohort(students)

@@ -205,16 +205,25 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, n_bin
     n = labels.shape[0]
     if n == 0:
         return float("nan")
+    _, sum_conf, sum_acc = confidence_bins(logits, labels, n_bins)
+    # |sum_acc - sum_conf| / N equals (|B|/N) * |acc - conf| and is 0 for empty bins.
+    return float(((sum_acc - sum_conf).abs().sum() / n).item())
+
+
+def confidence_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per equal-width, right-closed confidence bin (lo, hi]: sample count, sum of confidences (max
+    softmax probability) and number correct (float64, CPU): what ECE and reliability diagrams share."""
     probs = torch.softmax(logits.to(torch.float64), dim=1)
     conf, pred = probs.max(dim=1)
     correct = (pred == labels).to(torch.float64)
     # Bin index for (lo, hi]: ceil(conf * n_bins) - 1, clamped for safety at the ends.
     idx = (torch.ceil(conf * n_bins) - 1).clamp(0, n_bins - 1).to(torch.int64).cpu()
     conf, correct = conf.cpu(), correct.cpu()
+    count = torch.bincount(idx, minlength=n_bins).to(torch.float64)
     sum_conf = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf)
     sum_acc = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, correct)
-    # |sum_acc - sum_conf| / N equals (|B|/N) * |acc - conf| and is 0 for empty bins.
-    return float(((sum_acc - sum_conf).abs().sum() / n).item())
+    return count, sum_conf, sum_acc
 
 
 # --------------------------------------------------------------------------- summary

@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .digests import data_fingerprint, state_digest, tensor_digest  # noqa: F401 (tensor_digest re-exported)
+
 FORMAT = "kd_utils/teacher-outputs/1"
 STORAGE_DTYPE = torch.float16  # logits need ~3 significant digits; fp16 halves the cache (see BENCHMARKS.md)
 
@@ -86,30 +88,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KD_CACHE_DIR") or default_root() / "teacher_cache")
 
 
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def data_fingerprint(data) -> dict:
-    """What identifies a data bundle's training split (name, size, content, normalisation)."""
-    cached = getattr(data, "_fingerprint", None)
-    if cached is None:
-        cached = {"name": data.name, "train": int(len(data.y_train)), "mean": list(data.mean), "std": list(data.std),
-                  "train_sha256": tensor_digest(data.x_train, data.y_train, data.train_idx)}
-        try:
-            data._fingerprint = cached  # the bundle's tensors are not meant to change; hashing 150 MB once is enough
-        except AttributeError:
-            pass
-    return cached
-
-
 def teacher_digest(teacher: nn.Module) -> str:
-    from .checkpoint import state_digest
     return state_digest(teacher.state_dict())
 
 

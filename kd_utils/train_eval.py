@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics
+from .digests import data_fingerprint
 from .config import TrainConfig
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
 from .train_kd import Distiller, StepContext, Vanilla
@@ -162,7 +163,6 @@ STATE_FORMAT = "kd_utils/train-state/2"
 def _resume_identity(method: Distiller, data, cfg: TrainConfig) -> dict[str, Any]:
     """What a saved training state must share with the run resuming from it."""
     from .checkpoint import _plain
-    from .plans import data_fingerprint
     return {"config": cfg.to_dict(), "method_hparams": _plain(method.describe()), "data": data_fingerprint(data)}
 
 
@@ -331,11 +331,30 @@ def _check_fit_args(model, data, cfg, method, teacher_outputs, plan_outputs, sto
         raise ValueError("resume=True needs state_path (where the per-epoch training state is kept)")
 
 
+def _tensorboard(log_dir: str | Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # torch's writer imports the tensorboard package
+        raise ImportError(f"fit(..., log_dir={str(log_dir)!r}) needs the tensorboard package: "
+                          "pip install 'kd_utils[tensorboard]' (or tensorboard)") from e
+    return SummaryWriter(str(log_dir))
+
+
+def _log_row(log, row: dict[str, float]) -> None:
+    """One history row as TensorBoard scalars at step = epoch: train/<term>, val/<metric>, lr, time_s."""
+    for k, v in row.items():
+        if k != "epoch":
+            tag = ("train/" + k[6:]) if k.startswith("train_") else ("val/" + k[4:]) if k.startswith("val_") else k
+            log.add_scalar(tag, float(v), int(row["epoch"]))
+    log.flush()
+
+
 def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = None,
         teacher_outputs: dict[str, torch.Tensor] | None = None, plan_outputs: dict[str, torch.Tensor] | None = None,
         checkpoint_path: str | Path | None = None,
         state_path: str | Path | None = None, resume: bool = False, progress: bool = True,
-        desc: str | None = None, restore_best: bool = True, stop_after: int | None = None) -> FitResult:
+        desc: str | None = None, restore_best: bool = True, stop_after: int | None = None,
+        log_dir: str | Path | None = None) -> FitResult:
     """Train ``model`` on ``data`` (a :class:`~kd_utils.data.DataBundle`) following ``cfg``.
 
     ``method`` is a distiller whose ``student`` is ``model`` (default: plain cross-entropy); each batch
@@ -358,6 +377,10 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     holding, for every epoch of the run's augmentation plan, the outputs for the samples in the order
     that epoch visits them (:func:`kd_utils.plans.teacher_outputs`); they are valid with augmentation
     because the loader replays the same plan (``cfg.plan_seed``).
+
+    ``log_dir``: also write every history column (each loss term, lr, train and validation accuracy,
+    validation loss, epoch time) per epoch as TensorBoard scalars there (``train/loss_kd``, ``val/acc``,
+    ...; needs the ``tensorboard`` package: ``pip install kd_utils[tensorboard]``).
     """
     method = method if method is not None else Vanilla(model, label_smoothing=getattr(cfg, "label_smoothing", 0.0))
     teacher_outputs, plan_outputs = dict(teacher_outputs or {}), dict(plan_outputs or {})
@@ -395,6 +418,7 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     bar = tqdm(range(first_epoch, last_epoch + 1), desc=desc or type(method).__name__, disable=not (progress and main),
                unit="epoch", initial=first_epoch - 1, total=last_epoch)
     has_val = len(data.y_val) > 0
+    log = _tensorboard(log_dir) if log_dir is not None and main else None
     for epoch in bar:
         t0 = time.perf_counter()
         try:
@@ -421,7 +445,11 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                                 extra={"method": method.describe()})
         if state_path is not None and main:
             _save_state(Path(state_path), method, loop.opt, loop.sched, epoch, rows, best, identity)
+        if log is not None:
+            _log_row(log, row)
         bar.set_postfix({k: f"{row[k]:.4f}" for k in ("train_loss", "val_acc") if k in row})
+    if log is not None:
+        log.close()
     if restore_best and best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()

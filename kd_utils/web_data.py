@@ -22,6 +22,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .digests import file_digest
+from .fetch import DataError, note
+
 PROBE_TIMEOUT_S = 3.0        # a reachable host answers a TCP connect in milliseconds
 DOWNLOAD_TIMEOUT_S = 60.0    # per socket operation during the download itself
 
@@ -54,8 +57,7 @@ class _Unreachable(Exception):
 
 
 def md5_file(path: Path) -> str:
-    from .data import _sha256_file
-    return _sha256_file(path, "md5")
+    return file_digest(path, "md5")
 
 
 def _probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> None:
@@ -80,7 +82,6 @@ def _socket_timeout(seconds: float):
 
 def obtain(source: WebSource, root: Path) -> list[Path]:
     """Checksum-verified files of ``source`` in ``root/downloads``: placed by hand, or downloaded."""
-    from .data import DataError, _note
     downloads = root / "downloads"
     paths = []
     for f in source.files:
@@ -96,7 +97,7 @@ def obtain(source: WebSource, root: Path) -> list[Path]:
             _probe(f.url)
         except _Unreachable as e:
             raise DataError(f"cannot download {source.dataset}: {e}. {source.hint(downloads)}") from None
-        _note(f"downloading {f.url} with torchvision (once; cached in {root})")
+        note(f"downloading {f.url} with torchvision (once; cached in {root})")
         from torchvision.datasets.utils import download_url
         downloads.mkdir(parents=True, exist_ok=True)
         tmp_dir = downloads / f".download-{f.filename}"

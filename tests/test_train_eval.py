@@ -125,3 +125,22 @@ def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):
     last = load_checkpoint(tmp_path / "state.pt", format=STATE_FORMAT)["method"]  # the state written after epoch 3
     for k, v in model.state_dict().items():
         assert torch.equal(v, last[f"student.{k}"])
+
+
+def test_fit_logs_every_history_column_to_tensorboard(toy_mnist, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from kd_utils.train_kd import HintonKD
+    teacher = build_model("mnist_mlp").eval()
+    model = build_model("mnist_mlp")
+    res = fit(model, toy_mnist, TrainConfig(epochs=2, batch_size=128, **CPU), method=HintonKD(model, teacher),
+              log_dir=tmp_path / "tb", progress=False)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_ce", "train/loss_kd", "train/acc", "val/acc", "val/loss", "lr", "time_s"} <= tags
+    for tag, col in (("train/loss_kd", "train_loss_kd"), ("val/acc", "val_acc"), ("lr", "lr")):
+        got = [(e.step, e.value) for e in events.Scalars(tag)]
+        want = list(zip(res.history["epoch"], res.history[col]))
+        assert [s for s, _ in got] == [int(s) for s, _ in want]
+        assert [v for _, v in got] == pytest.approx([float(v) for _, v in want], rel=1e-6)

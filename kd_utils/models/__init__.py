@@ -4,10 +4,11 @@ Every model built here remembers how it was built (``model.arch``), so a checkpo
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from .ensembles import Cohort, Ensemble
 from .small import MLP, CifarCNN, CifarResNet, MnistCNN
 from .vgg import VGG, VGG_CONFIGS
 
@@ -32,12 +33,22 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _cohort(**kw: Any) -> nn.Module:
-    from ..ensemble import build_cohort  # ensemble imports train_kd, which must not load before models
-    return build_cohort(**kw)
+DEFAULT_COHORT = ({"name": "vgg8", "width": 0.25}, {"name": "vgg8", "width": 0.25})
 
 
-MODELS["cohort"] = _cohort
+def build_cohort(members: Sequence[dict] = DEFAULT_COHORT, num_classes: int = 10, **common: Any) -> Cohort:
+    """A :class:`Cohort` from model specs ``[{"name": "vgg8", "width": 0.25}, ...]`` (built in order,
+    so one seed gives every member its own, reproducible initialisation); registered as the model
+    ``"cohort"``, so cohorts checkpoint and reload like any model. ``common`` keywords (e.g. ``width``)
+    apply to every member unless its spec sets them."""
+    students = []
+    for spec in members:
+        spec = dict(spec)
+        students.append(build_model(spec.pop("name"), num_classes=num_classes, **{**common, **spec}))
+    return Cohort(students)
+
+
+MODELS["cohort"] = build_cohort
 # One line a model, for listings and error messages.
 DESCRIPTIONS = {
     "mlp": "MLP with configurable hidden sizes (784 inputs)",
@@ -47,7 +58,7 @@ DESCRIPTIONS = {
     "hinton_student": "Hinton 2015 student 784-800-800-10, no regularisation",
     "cifar_resnet": "ResNet-style CIFAR teacher (3 stages of basic blocks)",
     "cifar_cnn": "compact CIFAR CNN student",
-    "cohort": "several students trained together (kd_utils.ensemble.Cohort); kwargs: members=[spec, ...]",
+    "cohort": "several students trained together (kd_utils.models.Cohort); kwargs: members=[spec, ...]",
     **{d: f"CIFAR {d.upper()} with BatchNorm and width multiplier" for d in VGG_CONFIGS},
 }
 
@@ -99,5 +110,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["build_model", "register_model", "MODELS", "DESCRIPTIONS", "VGG", "MLP", "MnistCNN", "CifarResNet",
-           "CifarCNN"]
+__all__ = ["build_model", "build_cohort", "register_model", "MODELS", "DESCRIPTIONS", "VGG", "MLP", "MnistCNN",
+           "CifarResNet", "CifarCNN", "Cohort", "Ensemble"]
