@@ -230,7 +230,7 @@ def note_use(profile, folder: Path, keep_weights: bool, root=None) -> None:
     log = stores(profile, root)["training"] / "_used" / session_id() / f"{Path(notebook).stem}.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
-        fh.write(json.dumps({"folder": str(folder), "keep_weights": bool(keep_weights)}) + "\n")
+        fh.write(json.dumps({"folder": str(Path(folder).resolve()), "keep_weights": bool(keep_weights)}) + "\n")
 
 
 def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=None) -> Path | None:
