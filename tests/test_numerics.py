@@ -8,8 +8,10 @@ re-recorded::
 
     KD_RECORD_NUMERICS=1 .venv/bin/python -m pytest tests/test_numerics.py
 
-The tolerance absorbs what differs between our CPUs (AMX, AVX512-BF16, AVX2-only fp32 kernels and
-thread counts: about 1e-6 relative after a few steps); the changes a bump is for are 1e-2 and more.
+The tolerance (2e-3 of a probe's scale) absorbs what differs between our CPUs (AMX, AVX512-BF16,
+AVX2-only fp32 kernels) and thread counts: 1 vs 2 threads moved the probes by at most 9e-5 of their scale
+on an AMD EPYC. The changes a bump is for move them further: a 2% larger KD loss 2.9e-3 (the test below
+uses 5%), a 2% larger lr 6e-3 to 1.5e-2, a 3 px instead of 4 px crop padding 1.3.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from kd_utils.plans import AugmentationPlan, teacher_outputs
 from conftest import make_bundle
 
 REFERENCE = Path(__file__).with_name("numerics_reference.json")
-RTOL, ATOL = 1e-3, 1e-6
+RTOL, ATOL = 2e-3, 1e-6
 RECORD = os.environ.get("KD_RECORD_NUMERICS", "") not in ("", "0")
 
 
