@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as D
 from . import metrics
+from .checkpoint import CheckpointError, _plain, check_savable, load_checkpoint, save_checkpoint
 from .digests import data_fingerprint
+from .fileio import atomic_path, check_writable
 from .config import TrainConfig
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
 from .train_kd import Distiller, StepContext, Vanilla
@@ -162,7 +165,6 @@ STATE_FORMAT = "kd_utils/train-state/2"
 
 def _resume_identity(method: Distiller, data, cfg: TrainConfig) -> dict[str, Any]:
     """What a saved training state must share with the run resuming from it."""
-    from .checkpoint import _plain
     return {"config": cfg.to_dict(), "method_hparams": _plain(method.describe()), "data": data_fingerprint(data)}
 
 
@@ -170,7 +172,6 @@ def _save_state(path: Path, method: Distiller, opt, sched, epoch: int, rows: lis
                 identity: dict[str, Any]) -> None:
     """Everything a run needs to continue after ``epoch``: weights and distiller state (buffers such
     as memory banks), optimiser, schedule, RNG, history."""
-    from .fileio import atomic_path
     state = {"format": STATE_FORMAT, "epoch": epoch, "method": _trainable_state(method),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -184,7 +185,6 @@ def _save_state(path: Path, method: Distiller, opt, sched, epoch: int, rows: lis
 def _load_state(path: Path, method: Distiller, identity: dict[str, Any]) -> dict:
     """A saved training state, refused (naming what differs) when it was written by another config,
     method, method hyper-parameters or data; the distiller's state is restored strictly."""
-    from .checkpoint import CheckpointError, load_checkpoint
     state = load_checkpoint(path, format=STATE_FORMAT)
     for part, now in identity.items():
         saved = state.get(part)
@@ -246,7 +246,6 @@ def train_step(loop: _Loop, x: torch.Tensor, y: torch.Tensor, ctx: StepContext, 
 def train_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
     """One pass over the plan's epoch ``epoch``: the history row's training part (losses per term,
     accuracy, the last lr). Sums stay on the device: no host sync inside the loop."""
-    from . import distributed as D
     loop.method.train()
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=loop.device)
@@ -279,7 +278,6 @@ def _setup(model: nn.Module, data, cfg: TrainConfig, method: Distiller, teacher_
            epochs: int) -> _Loop:
     """Device, precision, loader (sample indices and teacher outputs batched with the images), DDP and
     compile wrappers, optimiser and schedule."""
-    from . import distributed as D
     world, rank = D.world_size(), D.rank()
     device = D.local_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.precision, device)
@@ -385,15 +383,12 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     method = method if method is not None else Vanilla(model, label_smoothing=getattr(cfg, "label_smoothing", 0.0))
     teacher_outputs, plan_outputs = dict(teacher_outputs or {}), dict(plan_outputs or {})
     _check_fit_args(model, data, cfg, method, teacher_outputs, plan_outputs, stop_after, resume, state_path)
-    from . import distributed as D
     main = D.rank() == 0  # only rank 0 writes files and shows progress
-    from .fileio import check_writable
     for p in (checkpoint_path, state_path):  # fail now, not after hours of training
         if p is not None and main:
             check_writable(Path(p).parent, need_bytes=3 * sum(t.numel() * t.element_size()
                                                                for t in model.state_dict().values()))
     if checkpoint_path is not None and main:  # what save_checkpoint would refuse, refused before the first batch
-        from .checkpoint import check_savable
         check_savable(model, config=cfg.to_dict(), extra={"method": method.describe()})
     loop = _setup(model, data, cfg, method, teacher_outputs, plan_outputs, cfg.epochs)
     identity = _resume_identity(method, data, cfg) if state_path is not None else {}
@@ -439,7 +434,6 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                     "state": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
                     if has_val else None}
             if checkpoint_path is not None and main:
-                from .checkpoint import save_checkpoint
                 save_checkpoint(checkpoint_path, model, config=cfg.to_dict(), seed=cfg.seed,
                                 metrics={"epoch": epoch, "val_acc": row.get("val_acc"), "train_acc": row["train_acc"]},
                                 extra={"method": method.describe()})
