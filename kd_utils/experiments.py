@@ -109,6 +109,7 @@ class Run:
     record: dict[str, Any] = field(repr=False, default_factory=dict)
     _model: nn.Module | None = field(repr=False, default=None)
     _weights_fallback: Path | None = field(repr=False, default=None)
+    _logits: dict[str, torch.Tensor | None] | None = field(repr=False, default=None)  # read once
 
     @property
     def accuracy(self) -> float:
@@ -128,7 +129,9 @@ class Run:
 
     def logits(self, split: str = "test") -> torch.Tensor:
         """The run's stored logits of ``split`` ("test" or "val"), float32."""
-        stored = runs.read_logits(self.path)
+        if self._logits is None:
+            self._logits = runs.read_logits(self.path)
+        stored = self._logits
         if split not in stored or stored[split] is None:
             raise ValueError(f"run {self.name!r} stores logits for {sorted(k for k, v in stored.items() if v is not None)}"
                              f", not {split!r}")
@@ -303,7 +306,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         print(f"[trained] {name}: test accuracy {m['test_accuracy']:.4f} in {wall:.0f} s ({res.config['teacher_outputs']})")
     runs.note_use(prof, folder, keep_weights, root)
     run = Run(name, res.history, _with_teacher(m, logits["test"], teacher, data, cfg), False, folder, spec, record,
-              model)
+              model, None, logits)
     RUNS_USED.append(run)
     return run
 
@@ -346,9 +349,8 @@ def _from_record(name: str, folder: Path, record: dict, spec: dict, data, teache
     logits = runs.read_logits(folder)
     if len(logits["test"]) != len(data.y_test):
         raise ValueError(f"stored test logits cover {len(logits['test'])} images, the test set has {len(data.y_test)}")
-    m = {**record["metrics"], **logits_metrics(logits["test"], data.y_test)}
-    run = Run(name, history, _with_teacher(m, logits["test"], teacher, data, cfg), True, folder, spec, record, None,
-              weights_fallback)
+    run = Run(name, history, _with_teacher(record["metrics"], logits["test"], teacher, data, cfg), True, folder, spec,
+              record, None, weights_fallback, logits)
     if any(base is not None and (base / "model.pt").is_file() for base in (folder, weights_fallback)):
         fresh = test_logits(run.model, data, cfg.device)
         agree = metrics.agreement(fresh, logits["test"].float())

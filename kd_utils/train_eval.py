@@ -307,8 +307,6 @@ def _setup(model: nn.Module, data, cfg: TrainConfig, method: Distiller, teacher_
 
 
 def _check_fit_args(model, data, cfg, method, teacher_outputs, plan_outputs, stop_after, resume, state_path) -> None:
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     if method.student is not model:
         raise ValueError("method.student must be the model being trained")
     if teacher_outputs and cfg.augment is not None:
@@ -380,7 +378,9 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     validation loss, epoch time) per epoch as TensorBoard scalars there (``train/loss_kd``, ``val/acc``,
     ...; needs the ``tensorboard`` package: ``pip install kd_utils[tensorboard]``).
     """
-    method = method if method is not None else Vanilla(model, label_smoothing=getattr(cfg, "label_smoothing", 0.0))
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    method = method if method is not None else Vanilla(model, label_smoothing=cfg.label_smoothing)
     teacher_outputs, plan_outputs = dict(teacher_outputs or {}), dict(plan_outputs or {})
     _check_fit_args(model, data, cfg, method, teacher_outputs, plan_outputs, stop_after, resume, state_path)
     main = D.rank() == 0  # only rank 0 writes files and shows progress
