@@ -8,7 +8,7 @@ and multi-teacher distillation.
   shared batches (and shared teacher outputs, cached or online). Each student's loss is
   ``(1 - alpha) * CE + alpha * KD(teacher) + beta * mean_j KL(p_j || p_i)`` over its peers ``j``
   (deep mutual learning, Zhang et al. 2018, with the peers' predictions detached: the simultaneous
-  update most implementations use). With ``beta = 0`` and plain SGD the students do not interact,
+  update most implementations use; ``peers="sum"`` sums the peers' terms as the paper does). With ``beta = 0`` and plain SGD the students do not interact,
   so training them together gives the same weights as training them one by one on the same batches.
 """
 from __future__ import annotations
@@ -24,17 +24,25 @@ from .models.ensembles import COMBINE, Cohort, Ensemble, ensemble_logits  # noqa
 from .train_kd import DISTILLERS, Distiller, kd_loss
 
 
-def mutual_loss(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Deep mutual learning term summed over students: for each student i, the mean over peers j != i
-    of ``T^2 * KL(p_j^T || p_i^T)`` with the peers detached; ``logits`` is (S, N, K), S >= 2."""
+PEER_REDUCTIONS = ("mean", "sum")
+
+
+def mutual_loss(logits: torch.Tensor, temperature: float = 1.0, peers: str = "mean") -> torch.Tensor:
+    """Deep mutual learning term summed over students: for each student i, the mean (``peers="mean"``,
+    ours) or the sum (``peers="sum"``, the paper's eq. 10 and its reference code) over peers j != i of
+    ``T^2 * KL(p_j^T || p_i^T)`` with the peers detached; ``logits`` is (S, N, K), S >= 2. The two agree
+    for two students; with S students the sum weighs the mutual term S - 1 times more."""
+    if peers not in PEER_REDUCTIONS:
+        raise ValueError(f"peers must be one of {PEER_REDUCTIONS}, got {peers!r}")
     s = logits.shape[0]
     if s < 2:
         raise ValueError("mutual learning needs at least two students")
+    scale = 1.0 / (s - 1) if peers == "mean" else 1.0
     total = logits.new_zeros((), dtype=torch.float32)
     for i in range(s):
         for j in range(s):
             if i != j:
-                total = total + kd_loss(logits[i], logits[j].detach(), temperature) / (s - 1)
+                total = total + kd_loss(logits[i], logits[j].detach(), temperature) * scale
     return total
 
 
@@ -44,7 +52,9 @@ class CohortDistiller(Distiller):
     term. Loss terms are summed over students (so each student's gradient is its own loss's)."""
 
     def __init__(self, cohort: Cohort, teacher: nn.Module | None = None, *, temperature: float = 4.0,
-                 alpha: float = 0.0, beta: float = 0.0, mutual_temperature: float = 1.0):
+                 alpha: float = 0.0, beta: float = 0.0, mutual_temperature: float = 1.0, peers: str = "mean"):
+        if peers not in PEER_REDUCTIONS:
+            raise ValueError(f"peers must be one of {PEER_REDUCTIONS}, got {peers!r}")
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         if beta < 0:
@@ -53,7 +63,7 @@ class CohortDistiller(Distiller):
             raise ValueError("mutual learning (beta > 0) needs at least two students")
         super().__init__(cohort, teacher)
         self.temperature, self.alpha, self.beta = float(temperature), float(alpha), float(beta)
-        self.mutual_temperature = float(mutual_temperature)
+        self.mutual_temperature, self.peers = float(mutual_temperature), peers
 
     logits_only = True  # the teacher's logits are all it reads
     family = "ensemble"
@@ -68,12 +78,13 @@ class CohortDistiller(Distiller):
             t = self.teacher_logits(x, ctx)
             losses["loss_kd"] = self.alpha * sum(kd_loss(logits[i], t, self.temperature) for i in range(s))
         if self.beta > 0:
-            losses["loss_dml"] = self.beta * mutual_loss(logits.float(), self.mutual_temperature)
+            losses["loss_dml"] = self.beta * mutual_loss(logits.float(), self.mutual_temperature, self.peers)
         return logits.float().mean(0), losses
 
     def describe(self) -> dict[str, Any]:
         return {"method": "CohortDistiller", "students": len(self.student.students), "temperature": self.temperature,
-                "alpha": self.alpha, "beta": self.beta, "mutual_temperature": self.mutual_temperature}
+                "alpha": self.alpha, "beta": self.beta, "mutual_temperature": self.mutual_temperature,
+                **({"peers": self.peers} if self.peers != "mean" else {})}
 
 
 DISTILLERS["cohort"] = CohortDistiller

@@ -273,15 +273,23 @@ def probe_shapes(model: nn.Module, names: Sequence[str], input_shape: Sequence[i
     return [_shape(feats[n]) for n in names]
 
 
+REGRESSORS = {"conv3x3": 3, "conv1x1": 1}  # FitNets regressor -> kernel size
+
+
 class FitNets(FeatureDistiller):
-    """Hints (Romero et al. 2015), single stage: a regressor (3x3 conv + BatchNorm + ReLU, as the
-    teacher's hint is a post-ReLU map) maps the student's guided layer onto the teacher's hint layer;
-    loss ``beta * MSE``. Default layers: the middle stage of both VGGs (``stage3``)."""
+    """Hints (Romero et al. 2015), single stage: a regressor (conv + BatchNorm + ReLU, as the teacher's
+    hint is a post-ReLU map) maps the student's guided layer onto the teacher's hint layer; loss
+    ``beta * MSE``. Default layers: the middle stage of both VGGs (``stage3``, RepDistiller's
+    ``--hint_layer 2``). ``regressor``: ``"conv3x3"`` (ours, the default) or ``"conv1x1"``, the kernel
+    RepDistiller's ``ConvReg`` uses when the spatial sizes agree (9x fewer regressor parameters)."""
     term = "loss_hint"
     student_layers = ("stage3",)
     teacher_layers = ("stage3",)
 
-    def __init__(self, student, teacher, *, beta: float = 100.0, **kw):
+    def __init__(self, student, teacher, *, beta: float = 100.0, regressor: str = "conv3x3", **kw):
+        if regressor not in REGRESSORS:
+            raise ValueError(f"regressor must be one of {sorted(REGRESSORS)}, got {regressor!r}")
+        self.regressor = regressor
         super().__init__(student, teacher, beta=beta, **kw)
 
     def make_adapters(self, s_shapes, t_shapes):
@@ -290,8 +298,12 @@ class FitNets(FeatureDistiller):
             raise ValueError(f"FitNets hint: student layer {self.s_layers[0]!r} has shape {s} and teacher layer "
                              f"{self.t_layers[0]!r} has shape {t}; the conv regressor needs (C, H, W) maps with equal "
                              "H and W")
-        return nn.ModuleList([nn.Sequential(nn.Conv2d(s[0], t[0], 3, padding=1, bias=False), nn.BatchNorm2d(t[0]),
-                                            nn.ReLU())])
+        k = REGRESSORS[self.regressor]
+        return nn.ModuleList([nn.Sequential(nn.Conv2d(s[0], t[0], k, padding=k // 2, bias=False),
+                                            nn.BatchNorm2d(t[0]), nn.ReLU())])
+
+    def describe(self):
+        return {**super().describe(), **({"regressor": self.regressor} if self.regressor != "conv3x3" else {})}
 
     def feature_loss(self, s_feats, t_feats):
         return hint_loss(self.adapters[0](s_feats[0]), t_feats[0])
@@ -313,10 +325,15 @@ class HintStage(FitNets):
 class AttentionTransfer(FeatureDistiller):
     """Attention transfer (Zagoruyko & Komodakis 2017): ``beta`` (1000, as RepDistiller) times the sum
     over stages 1-4 of the mean squared difference of normalised spatial attention maps. No extra
-    parameters; channel counts may differ, spatial sizes must match."""
+    parameters; channel counts may differ, spatial sizes must match.
+
+    RepDistiller and mdistiller match the outputs of the blocks after the first (``feat[1:-1]``: for
+    our VGG stages 2-5, :attr:`REFERENCE_LAYERS`); pass ``student_layers=AttentionTransfer.REFERENCE_LAYERS,
+    teacher_layers=AttentionTransfer.REFERENCE_LAYERS`` for their setting."""
     term = "loss_at"
     student_layers = ("stage1", "stage2", "stage3", "stage4")
     teacher_layers = ("stage1", "stage2", "stage3", "stage4")
+    REFERENCE_LAYERS = ("stage2", "stage3", "stage4", "stage5")
 
     def __init__(self, student, teacher, *, beta: float = 1000.0, p: float = 2.0, **kw):
         self.p = float(p)
@@ -367,14 +384,26 @@ class CosineMatching(_PooledDistiller):
 
 class PKT(_PooledDistiller):
     """Probabilistic knowledge transfer on pooled penultimate features (weight 30000, as RepDistiller):
-    relational, so no projection head and no extra parameters."""
+    relational, so no projection head and no extra parameters.
+
+    The loss is a mean over the batch's N x N pairs, i.e. the mean per-sample KL divided by N, so a
+    given ``beta`` weighs less at larger batches: 30000 at batch 256 is 4x weaker than RepDistiller's
+    30000 at batch 64. ``reference_batch=64`` multiplies the loss by ``N / 64``, which gives the
+    reference's strength at any batch size (default None: the loss as it is)."""
     term = "loss_pkt"
 
-    def __init__(self, student, teacher, *, beta: float = 30000.0, **kw):
+    def __init__(self, student, teacher, *, beta: float = 30000.0, reference_batch: int | None = None, **kw):
+        if reference_batch is not None and not (isinstance(reference_batch, int) and reference_batch >= 1):
+            raise ValueError(f"reference_batch must be None or an int >= 1, got {reference_batch!r}")
+        self.reference_batch = reference_batch
         super().__init__(student, teacher, beta=beta, **kw)
 
     def feature_loss(self, s_feats, t_feats):
-        return pkt_loss(pooled(s_feats[0]), t_feats[0])
+        loss = pkt_loss(pooled(s_feats[0]), t_feats[0])
+        return loss if self.reference_batch is None else loss * (len(t_feats[0]) / self.reference_batch)
+
+    def describe(self):
+        return {**super().describe(), **({"reference_batch": self.reference_batch} if self.reference_batch else {})}
 
 
 class FitNetsTwoStage(HintonKD):

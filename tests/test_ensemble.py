@@ -80,6 +80,23 @@ def test_mutual_loss_against_the_formula():
         mutual_loss(lg[:1])
 
 
+def test_mutual_loss_sums_the_peers_as_the_paper_when_asked():
+    lg = _logits(3)
+    p = lg.softmax(-1)
+    summed = sum((p[j] * (p[j].log() - p[i].log())).sum(-1).mean() for i in range(3) for j in range(3) if i != j)
+    torch.testing.assert_close(mutual_loss(lg, peers="sum"), summed)
+    two = lg[:2]  # with two students the paper's sum and our mean are the same loss
+    torch.testing.assert_close(mutual_loss(two, peers="sum"), mutual_loss(two))
+    with pytest.raises(ValueError, match=r"peers must be one of \('mean', 'sum'\), got 'max'"):
+        mutual_loss(lg, peers="max")
+    cohort = Cohort([torch.nn.Linear(4, 10) for _ in range(3)])
+    d = CohortDistiller(cohort, None, beta=1.0, peers="sum")
+    assert d.describe()["peers"] == "sum" and "peers" not in CohortDistiller(cohort, None, beta=1.0).describe()
+    x, y = torch.randn(6, 4), torch.randint(0, 10, (6,))
+    _, losses = d(x, y)
+    torch.testing.assert_close(losses["loss_dml"], mutual_loss(cohort.all_logits(x).float(), peers="sum"))
+
+
 def test_students_trained_together_equal_students_trained_one_by_one(toy_cifar):
     cfg = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.02, momentum=0.9, device="cpu",
                       precision="fp32", augment="crop_flip", seed=0)

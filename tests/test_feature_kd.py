@@ -147,6 +147,44 @@ def test_feature_losses_equal_the_hand_written_ones_on_the_hooked_features():
     torch.testing.assert_close(losses["loss_at"], expected)
 
 
+def test_reference_settings_of_fitnets_at_and_pkt():
+    s, t = _pair()
+    s.eval()
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    # FitNets with RepDistiller's 1x1 regressor: s_C * t_C weights plus BatchNorm's 2 * t_C
+    one = FitNets(s, t, beta=2.0, regressor="conv1x1")
+    (s_c, t_c) = (capture(s, x, ["stage3"])[1]["stage3"].shape[1], capture(t, x, ["stage3"])[1]["stage3"].shape[1])
+    assert one.extra_parameters == s_c * t_c + 2 * t_c
+    assert FitNets(s, t).extra_parameters == 9 * s_c * t_c + 2 * t_c
+    assert one.describe()["regressor"] == "conv1x1" and "regressor" not in FitNets(s, t).describe()
+    _, losses = one(x, y)
+    _, fs = capture(s, x, ["stage3"])
+    _, ft = capture(t, x, ["stage3"])
+    conv = one.adapters[0][0]
+    assert conv.kernel_size == (1, 1)
+    expected = 2.0 * ((one.adapters[0](fs["stage3"]) - ft["stage3"]) ** 2).mean()
+    torch.testing.assert_close(losses["loss_hint"], expected)
+    with pytest.raises(ValueError, match=r"regressor must be one of \['conv1x1', 'conv3x3'\], got 'conv5x5'"):
+        FitNets(s, t, regressor="conv5x5")
+    # attention transfer on the references' blocks: stages 2-5 (stage 5 at 2x2)
+    layers = AttentionTransfer.REFERENCE_LAYERS
+    at_d = AttentionTransfer(s, t, beta=1.0, student_layers=layers, teacher_layers=layers)
+    _, losses = at_d(x, y)
+    _, fs = capture(s, x, list(layers))
+    _, ft = capture(t, x, list(layers))
+    expected = 0.0
+    for k in layers:  # written out: normalised channel mean of squares, mean squared difference
+        a = (fs[k] ** 2).mean(1).flatten(1)
+        b = (ft[k] ** 2).mean(1).flatten(1)
+        expected += ((a / a.norm(dim=1, keepdim=True) - b / b.norm(dim=1, keepdim=True)) ** 2).mean()
+    torch.testing.assert_close(losses["loss_at"], expected)
+    # PKT at the reference's batch strength: the loss times N / reference_batch
+    plain, scaled = PKT(s, t, beta=1.0), PKT(s, t, beta=1.0, reference_batch=3)
+    torch.testing.assert_close(scaled(x, y)[1]["loss_pkt"], plain(x, y)[1]["loss_pkt"] * 6 / 3)
+    with pytest.raises(ValueError, match="reference_batch must be None or an int >= 1, got 0"):
+        PKT(s, t, reference_batch=0)
+
+
 def test_pooled_methods_read_cached_teacher_outputs_exactly_like_the_online_teacher():
     s, t = _pair()
     s.eval()
