@@ -8,6 +8,7 @@ from .augmented import fig_kd_overhead_augmented_cached, fig_kd_speedup_augmente
 from .core import Bench, Figure
 from .crop import fig_batch_crop_speedup
 from .kd import fig_k_students_shared_teacher, fig_kd_overhead_cached, fig_kd_overhead_online
+from .methods import fig_method_epoch_cost
 from .pipeline import fig_input_pipeline_share_vgg8, fig_input_pipeline_speedup_mlp
 from .precision import fig_bf16_speedup_vgg, fig_compile_speedup_vgg8, fig_compile_speedup_vgg13
 from .scaling import fig_cost_scaling_data, fig_cost_scaling_width, fig_hardware_utilisation_vgg
@@ -29,4 +30,5 @@ FIGURES: dict[str, Callable[[Bench], Figure]] = {
     "cost_scaling_width": fig_cost_scaling_width,
     "k_students_shared_teacher": fig_k_students_shared_teacher,
     "batch_crop_speedup": fig_batch_crop_speedup,
+    "method_epoch_cost": fig_method_epoch_cost,
 }

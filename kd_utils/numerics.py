@@ -11,7 +11,8 @@ version per *family* of training code instead:
   and the evaluation that fills a run's record (``kd_utils.train_eval``, ``kd_utils.experiments``);
 * ``teacher_outputs`` -- teacher logits computed once for a plan or a fixed transfer set (``kd_utils.plans``);
 * one per method family (a distiller's ``family``): ``logit`` (KD, soft targets, logit MSE),
-  ``feature`` (FitNets, AT, cosine, PKT), ``ensemble`` (cohorts, mutual learning).
+  ``feature`` (FitNets, AT, cosine, PKT), ``ensemble`` (cohorts, mutual learning), and one per module
+  of :mod:`kd_utils.methods` (``dkd``, ``crd``, ...), named after it.
 
 A run's key holds the versions of exactly the families it uses (:func:`versions_for`), so bumping
 ``logit`` invalidates KD runs and no scratch run. ``tests/test_numerics.py`` trains a tiny
@@ -32,6 +33,9 @@ NUMERICS: dict[str, int] = {
     "logit": 1,
     "feature": 1,
     "ensemble": 1,
+    # kd_utils.methods: one family per method module
+    "dkd": 1, "dist": 1, "crd": 1, "rkd": 1, "sp": 1, "cc": 1, "vid": 1, "nst": 1, "ofd": 1, "reviewkd": 1,
+    "ab": 1, "ft": 1, "fsp": 1, "kdsvd": 1,
 }
 BASE_FAMILIES = ("data", "models", "loop")
 

@@ -217,6 +217,30 @@ def _toy_cifar_bench(sizes=None, batches=2, **kw):
     return bench.Bench(sizes or bench.TINY, device="cpu", log=lambda m: None, preloaded={"cifar10": data}, **kw)
 
 
+def test_method_epoch_cost_times_each_method_through_distill_against_ce(one_thread, monkeypatch):
+    from benchmarks import methods
+    monkeypatch.setattr(methods, "measured_methods", lambda: ["kd", "at", "fitnets_two_stage"])
+    fig = methods.fig_method_epoch_cost(_toy_cifar_bench(batches=1, precision="fp32"))
+    d = fig.detail
+    assert fig.name == "method_epoch_cost" and set(d["methods"]) == {"kd", "at", "fitnets_two_stage"}
+    base = sum(d["ce_epoch_s"]) / len(d["ce_epoch_s"])
+    for row in d["methods"].values():
+        assert row["ratio"] == pytest.approx(row["epoch_s"] / base) and row["epoch_s"] > 0
+    assert fig.value == pytest.approx(statistics.median(r["ratio"] for r in d["methods"].values()))
+    # the plan caches are built before the timing: cached methods read them, AT runs its teacher
+    assert d["methods"]["kd"]["teacher_outputs"].startswith("plan cache read")
+    assert d["methods"]["at"]["teacher_outputs"] == "online teacher"
+    two = d["methods"]["fitnets_two_stage"]
+    assert two["stage_ratio"] == pytest.approx(two["stage_epoch_s"] / base) and two["extra_parameters"] > 0
+    assert "stage_epoch_s" not in d["methods"]["kd"]
+
+
+def test_method_epoch_cost_measures_every_registered_method_but_the_baseline():
+    from benchmarks import methods
+    from kd_utils.train_kd import DISTILLERS
+    assert set(methods.measured_methods()) == set(DISTILLERS) - {"ce", "cohort"}
+
+
 def test_figure_modules_share_one_registry_and_package_exports():
     from benchmarks import registry, runner
     assert bench.FIGURES is registry.FIGURES and runner.FIGURES is registry.FIGURES
