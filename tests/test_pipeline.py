@@ -169,3 +169,32 @@ def test_length_study_reports_validation_errors_and_refuses_the_test_set(tmp_pat
 def test_paper_data_trains_on_every_image():
     full = hinton.paper_data("smoke")
     assert len(full.y_val) == 0 and len(full.y_train) == 2000
+
+
+def test_seed_pipeline_with_a_profile_trains_once_then_reuses_and_replays(tmp_path, monkeypatch, capsys):
+    """The notebook's memoised path: with ``profile=`` the teacher and both students are stored runs; a
+    second call trains nothing and returns the same models and histories."""
+    from kd_utils.pipeline import prepare_distillation_data, train_students
+    monkeypatch.setenv("KD_OUTPUT_ROOT", str(tmp_path))
+    monkeypatch.setenv("KD_PROFILE", "smoke")
+    train_loader, val_loader, *_ = load_and_split_data()
+
+    def once(mode):
+        monkeypatch.setenv("KD_RUNS", mode)
+        teacher, *_ = train_teacher(train_loader, val_loader, epochs=1, progress=True, profile="smoke")
+        tl, vl = prepare_distillation_data(teacher, train_loader, val_loader)
+        reg, dist, hist = train_students(teacher, train_loader, val_loader, tl, vl, epochs=1, profile="smoke")
+        return teacher, reg, dist, hist
+
+    first = once("reuse")
+    assert capsys.readouterr().out.count("[trained]") == 3
+    assert (tmp_path / "models" / "smoke" / "runs").is_dir()
+    second = once("reuse")
+    out = capsys.readouterr().out
+    assert out.count("[reused]") == 3 and "[trained]" not in out
+    for a, b in zip(first[:3], second[:3]):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        pd.testing.assert_frame_equal(a.fit_result.history, b.fit_result.history, check_dtype=False)
+    # the regular and the distilled student share their initial weights and differ only by the teacher
+    assert first[2].run.spec["method"] == "kd" and first[1].run.spec["method"] == "ce"
+    assert first[2].run.spec["teacher_sha256"] is not None and first[1].run.spec["teacher_sha256"] is None
