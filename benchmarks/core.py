@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kd_utils.config import CIFAR_KD
 from kd_utils.data import DataBundle, get_data
 from kd_utils.models import build_model
 from kd_utils.runtime import autocast, resolve_device, resolve_precision
@@ -24,7 +25,7 @@ SEED = 0
 MNIST_BATCH = 128
 CIFAR_BATCH = 256
 CIFAR_EPOCH_STEPS = 176  # steps of one CIFAR-10 epoch: ceil(45,000 train images / 256)
-KD_T, KD_ALPHA = 4.0, 0.9  # HintonKD's defaults: the overhead does not depend on them
+KD_T, KD_ALPHA = CIFAR_KD.temperature, CIFAR_KD.alpha  # HintonKD's defaults: the overhead does not depend on them
 DEFAULT_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"  # the repository root
 
 

@@ -100,7 +100,8 @@ class TrainConfig:
 @dataclass
 class KDConfig:
     """Hinton distillation: ``alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE``.
-    Defaults are the seed project's (T=5, alpha=0.5)."""
+    Defaults are the seed project's (T=5, alpha=0.5); the suite's named settings are ``SEED_KD``,
+    ``CIFAR_KD`` (the distillers' defaults) and ``HINTON_KD`` below."""
     temperature: float = 5.0
     alpha: float = 0.5
 
@@ -111,6 +112,12 @@ class KDConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The suite's three Hinton-KD settings, each defined here once:
+SEED_KD = KDConfig(5.0, 0.5)     # the seed project's config.py (Knowledge_Distillation.ipynb, part 1)
+CIFAR_KD = KDConfig(4.0, 0.9)    # Task 1's recipe and every distiller's default (RepDistiller's T = 4)
+HINTON_KD = KDConfig(20.0, 0.9)  # Hinton et al. 2015's MNIST experiment (Knowledge_Distillation.ipynb, part 2)
 
 
 def _known(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:

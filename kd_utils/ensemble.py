@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import CIFAR_KD
 from .models import DEFAULT_COHORT as DEFAULT_MEMBERS, build_cohort  # noqa: F401 (re-exported)
 from .models.ensembles import COMBINE, Cohort, Ensemble, ensemble_logits  # noqa: F401 (re-exported)
 from .train_kd import DISTILLERS, Distiller, kd_loss
@@ -51,7 +52,7 @@ class CohortDistiller(Distiller):
     teacher (cached outputs or an online teacher, shared by all students) and optionally the mutual
     term. Loss terms are summed over students (so each student's gradient is its own loss's)."""
 
-    def __init__(self, cohort: Cohort, teacher: nn.Module | None = None, *, temperature: float = 4.0,
+    def __init__(self, cohort: Cohort, teacher: nn.Module | None = None, *, temperature: float = CIFAR_KD.temperature,
                  alpha: float = 0.0, beta: float = 0.0, mutual_temperature: float = 1.0, peers: str = "mean"):
         if peers not in PEER_REDUCTIONS:
             raise ValueError(f"peers must be one of {PEER_REDUCTIONS}, got {peers!r}")

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import CIFAR_KD
 from .train_kd import DISTILLERS, Distiller, HintonKD, StepContext, kd_loss
 
 
@@ -196,7 +197,7 @@ class FeatureDistiller(Distiller):
     cached_layer: str | None = None
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float, alpha: float = 0.0,
-                 temperature: float = 4.0, student_layers: Sequence[str] | None = None,
+                 temperature: float = CIFAR_KD.temperature, student_layers: Sequence[str] | None = None,
                  teacher_layers: Sequence[str] | None = None, input_shape: Sequence[int] = (3, 32, 32)):
         if teacher is None:
             raise ValueError(f"{type(self).__name__} needs the teacher network (its layers define the targets)")
@@ -413,8 +414,8 @@ class FitNetsTwoStage(HintonKD):
     logits_only = True
     family = "feature"
 
-    def __init__(self, student, teacher, *, hint_epochs: int = 5, hint_beta: float = 1.0, temperature: float = 4.0,
-                 alpha: float = 0.9, **hint_kw):
+    def __init__(self, student, teacher, *, hint_epochs: int = 5, hint_beta: float = 1.0,
+                 temperature: float = CIFAR_KD.temperature, alpha: float = CIFAR_KD.alpha, **hint_kw):
         if not (isinstance(hint_epochs, int) and hint_epochs >= 1):
             raise ValueError(f"hint_epochs must be an int >= 1, got {hint_epochs!r}")
         super().__init__(student, teacher, temperature=temperature, alpha=alpha)

@@ -19,7 +19,7 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import Profile, TrainConfig, get_profile
+from .config import HINTON_KD, Profile, TrainConfig, get_profile
 from .data import DataBundle, get_data
 from .experiments import Run, run_experiment
 
@@ -34,8 +34,8 @@ def paper_data(profile: str | Profile | None = None) -> DataBundle:
     return get_data("mnist", val_fraction=0, **prof.data_kwargs())
 
 
-def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None = None, temperature: float = 20.0,
-                  alpha: float = 0.9, arch: str = "hinton_student", kind: str | None = None, **run_kwargs
+def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None = None, temperature: float = HINTON_KD.temperature,
+                  alpha: float = HINTON_KD.alpha, arch: str = "hinton_student", kind: str | None = None, **run_kwargs
                   ) -> tuple[Run, dict]:
     """One memoised student run: from scratch when ``teacher`` is None, else distilled with Hinton's
     loss. Without augmentation the teacher's logits of the fixed transfer set are computed once; with
@@ -61,8 +61,8 @@ def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None =
 KINDS = ("student_scratch", "student_kd", "student_kd_jitter")
 
 
-def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = 20.0,
-                 alpha: float = 0.9, kinds: Sequence[str] = KINDS[:2], progress: bool = True, **run_kwargs
+def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = HINTON_KD.temperature,
+                 alpha: float = HINTON_KD.alpha, kinds: Sequence[str] = KINDS[:2], progress: bool = True, **run_kwargs
                  ) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
     """Students for every seed and kind: ``student_scratch`` (hard labels), ``student_kd`` (soft
     targets on the un-augmented training set, as in the paper) and ``student_kd_jitter`` (soft
@@ -83,7 +83,7 @@ def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Modul
 
 
 def temperature_sweep(data, cfg: TrainConfig, teacher: nn.Module, temperatures: Iterable[float], seed: int = 0,
-                      alpha: float = 0.9, progress: bool = True, **run_kwargs) -> pd.DataFrame:
+                      alpha: float = HINTON_KD.alpha, progress: bool = True, **run_kwargs) -> pd.DataFrame:
     """Distilled-student test errors for each temperature (one seed)."""
     rows = [train_student(data, cfg, seed, teacher, float(T), alpha, progress=False, **run_kwargs)[1]
             for T in tqdm(list(temperatures), desc="temperatures", disable=not progress)]
@@ -91,7 +91,7 @@ def temperature_sweep(data, cfg: TrainConfig, teacher: nn.Module, temperatures: 
 
 
 def length_study(data, cfg: TrainConfig, lengths: Sequence[int], *, arch: str | None = None,
-                 teacher: nn.Module | None = None, temperature: float = 20.0, alpha: float = 0.9, seed: int = 0,
+                 teacher: nn.Module | None = None, temperature: float = HINTON_KD.temperature, alpha: float = HINTON_KD.alpha, seed: int = 0,
                  label: str = "teacher", progress: bool = True, keep_longest: bool = False, **run_kwargs
                  ) -> tuple[pd.DataFrame, dict[int, Run]]:
     """How long to train, measured on the validation split: one :func:`train_student` run of ``cfg``

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import plots
 from .checkpoint import save_checkpoint
-from .config import KDConfig, TrainConfig, get_profile, output_dirs
+from .config import SEED_KD, KDConfig, TrainConfig, get_profile, output_dirs
 from .data import get_data
 from .fileio import write_json, write_text
 from .models import build_model
@@ -30,8 +30,8 @@ from .experiments import cache_teacher_logits, run_experiment
 from .train_kd import HintonKD
 
 # The seed's config.py, as defaults.
-SEED_CONFIG = {"batch_size": 128, "test_size": 0.1, "random_state": 42, "epochs": 10, "temperature": 5.0,
-               "alpha": 0.5, "lr": 1e-3}
+SEED_CONFIG = {"batch_size": 128, "test_size": 0.1, "random_state": 42, "epochs": 10,
+               "temperature": SEED_KD.temperature, "alpha": SEED_KD.alpha, "lr": 1e-3}
 MODEL_FILES = {"teacher": "teacher_model.pth", "student_regular": "student_regular.pth",
                "student_distilled": "student_distilled.pth"}
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import KDConfig
+from .config import CIFAR_KD, KDConfig
 
 
 @dataclass
@@ -164,7 +164,7 @@ class SoftTargetDistiller(Distiller):
     logits_only = True
     family = "logit"
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, alpha: float = 0.9):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, alpha: float = CIFAR_KD.alpha):
         if not 0 <= alpha <= 1:  # also rejects NaN
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         super().__init__(student, teacher)
@@ -196,8 +196,8 @@ class HintonKD(SoftTargetDistiller):
     ``kd_loss`` path, unchanged)."""
     term = "loss_kd"
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, temperature: float = 4.0,
-                 alpha: float = 0.9, standardize: bool = False):
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None,
+                 temperature: float = CIFAR_KD.temperature, alpha: float = CIFAR_KD.alpha, standardize: bool = False):
         KDConfig(temperature, alpha)  # validates
         if not isinstance(standardize, bool):
             raise ValueError(f"standardize must be True or False, got {standardize!r}")
