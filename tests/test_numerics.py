@@ -15,6 +15,7 @@ uses 5%), a 2% larger lr 6e-3 to 1.5e-2, a 3 px instead of 4 px crop padding 1.3
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -147,8 +148,24 @@ def probe_ensemble() -> dict[str, list[float]]:
     return out
 
 
+# kd_utils.methods: one probe per method family, at weights small enough for 6 steps to stay smooth and with
+# one epoch of any pre-training stage
+METHOD_PROBES = {"dkd": dict(warmup=2), "dist": {}, "crd": dict(nce_k=32, beta=0.8), "rkd": {}, "sp": dict(beta=100.0),
+                 "cc": {}, "vid": {}, "nst": dict(beta=5.0), "ofd": {}, "reviewkd": {}, "ab": dict(init_epochs=1),
+                 "ft": dict(init_epochs=1), "fsp": dict(init_epochs=1), "kdsvd": {}}
+
+
+def _method_probe(family: str):
+    def probe() -> dict[str, list[float]]:
+        importlib.import_module(f"kd_utils.methods.{family}")
+        return {family: _distilled(family, **METHOD_PROBES[family])}
+    probe.__name__ = f"probe_{family}"
+    return probe
+
+
 PROBES = {"data": probe_data, "models": probe_models, "loop": probe_loop, "teacher_outputs": probe_teacher_outputs,
-          "logit": probe_logit, "feature": probe_feature, "ensemble": probe_ensemble}
+          "logit": probe_logit, "feature": probe_feature, "ensemble": probe_ensemble,
+          **{f: _method_probe(f) for f in METHOD_PROBES}}
 
 
 def _run(family: str) -> dict[str, list[float]]:

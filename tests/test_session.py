@@ -1,0 +1,50 @@
+"""The notebooks' setup and summary helper: one way to start a notebook and to record its execution."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kd_utils import experiments as E
+from kd_utils import runs
+from kd_utils.config import TrainConfig
+from kd_utils.experiments import run_experiment
+from kd_utils.session import begin
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    for k in (runs.MODE_ENV, runs.NOTEBOOK_ENV):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("KD_OUTPUT_ROOT", str(tmp_path))
+    monkeypatch.setattr(E, "RUNS_USED", [])
+
+
+def test_begin_resolves_the_profile_seeds_and_prints_versions(capsys, tmp_path):
+    s = begin("smoke", seed=3)
+    first = torch.rand(3)
+    out = capsys.readouterr().out
+    assert s.profile.name == "smoke" and s.seeds == [0, 1] and s.seed == 3
+    assert "profile: smoke" in out and "seed: 3" in out and f"torch        {torch.__version__}" in out
+    assert s.dirs["metrics"] == tmp_path / "results" / "smoke" / "metrics" and s.dirs["metrics"].is_dir()
+    begin("smoke", seed=3, quiet=True)
+    assert torch.equal(torch.rand(3), first) and capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        begin("nope")
+
+
+def test_summary_counts_the_runs_the_notebook_used_once(toy_cifar, tmp_path):
+    s = begin("smoke", quiet=True)
+    cfg = TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.02, device="cpu", precision="fp32")
+    a = run_experiment("a", {"name": "vgg8", "width": 0.125}, toy_cifar, cfg, profile="smoke", root=tmp_path,
+                       progress=False)
+    again = run_experiment("a", {"name": "vgg8", "width": 0.125}, toy_cifar, cfg, profile="smoke", root=tmp_path,
+                           progress=False)
+    assert again.reused
+    summary = s.summary(accuracy=a.accuracy)
+    ex = summary["execution"]
+    assert summary["profile"] == "smoke" and summary["accuracy"] == a.accuracy and "versions" in summary
+    assert ex["runs"] == 1 and ex["runs_trained_now"] == 1  # the reused run is the same run, counted once
+    assert ex["training_compute_s"] == pytest.approx(round(a.metrics["wall_time_s"], 1))
+    assert ex["execution_wall_time_s"] >= 0 and ex["precisions"] == ["fp32"]
+    with pytest.raises(ValueError, match=r"summary fields \['profile'\] would overwrite"):
+        s.summary(profile="other")
