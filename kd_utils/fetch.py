@@ -1,5 +1,5 @@
-"""What every data source shares (the registry artifacts of :mod:`kd_utils.data` and the web downloads
-of :mod:`kd_utils.web_data`): the error a failed fetch raises and the note a slow one prints."""
+"""What every data source shares (the registry artifacts of :mod:`kd_utils.data.sources` and the web
+downloads of :mod:`kd_utils.data.web`): the error a failed fetch raises and the note a slow one prints."""
 from __future__ import annotations
 
 import sys

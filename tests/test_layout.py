@@ -65,6 +65,17 @@ def test_no_import_circle_in_kd_utils():
             visit(m)
 
 
+def test_no_module_imports_its_own_package():
+    """Inside a subpackage (kd_utils.data, kd_utils.models, ...) modules import their siblings directly:
+    the package's __init__ re-exports them, so importing it from one of them is a circle through it."""
+    modules = _modules()
+    packages = [m for m, p in modules.items() if p.name == "__init__.py" and m != "kd_utils"]
+    assert "kd_utils.data" in packages
+    bad = sorted(f"{m} imports {pkg}" for m, p in modules.items() for pkg in packages
+                 if m.startswith(pkg + ".") and pkg in _imports(m, p, modules))
+    assert not bad, f"modules import their own package's __init__: {bad}"
+
+
 def test_benchmarks_live_outside_the_package():
     assert not (PKG / "bench").exists()
     assert (PKG.parent / "benchmarks" / "__main__.py").is_file()

@@ -223,7 +223,7 @@ def test_training_numerics_match_the_recorded_version(family):
     ("logit", "kd_loss_scale"), ("loop", "optimizer_step"), ("data", "augmentation"), ("feature", "attention_p"),
 ])
 def test_guard_catches_real_changes(family, change, monkeypatch):
-    import kd_utils.data as data_mod
+    import kd_utils.data.augment as augment_mod
     import kd_utils.feature_kd as feature_kd
     if change == "kd_loss_scale":  # a loss scaled by 5%
         orig = train_kd.kd_loss
@@ -232,7 +232,7 @@ def test_guard_catches_real_changes(family, change, monkeypatch):
         orig_opt = train_eval.make_optimizer
         monkeypatch.setattr(train_eval, "make_optimizer", lambda params, cfg: orig_opt(params, cfg.replace(lr=cfg.lr * 1.02)))
     elif change == "augmentation":  # CIFAR crops padded by 3 px instead of 4 (jitter unchanged)
-        monkeypatch.setitem(data_mod.AUGMENTATIONS, "crop_flip", (3, True))
+        monkeypatch.setitem(augment_mod.AUGMENTATIONS, "crop_flip", (3, True))
     elif change == "attention_p":
         orig_att = feature_kd.attention_map
         monkeypatch.setattr(feature_kd, "attention_map", lambda f, p=2.0: orig_att(f, 1.5))

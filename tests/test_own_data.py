@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import kd_utils.data as D
-from kd_utils import web_data as W
+from kd_utils.data import catalog as data_catalog
+from kd_utils.data import web as W
 from kd_utils.config import TrainConfig
 from kd_utils.experiments import distill
 from kd_utils.models import build_model
@@ -150,7 +151,7 @@ def test_placed_archive_is_converted_and_cached(tmp_path, monkeypatch):
         src = W.SOURCES[name]
         f = W.WebFile(src.files[0].url, src.files[0].filename, md5)
         monkeypatch.setitem(W.SOURCES, name, W.WebSource(name, (f,), src.convert))
-        monkeypatch.setitem(D._INFO, name, {**D._INFO[name], "train_size": 6, "test_size": 4})
+        monkeypatch.setitem(data_catalog._INFO, name, {**data_catalog._INFO[name], "train_size": 6, "test_size": 4})
     fine = D.get_data("cifar100", root=tmp_path, val_fraction=0)
     assert fine.num_classes == 100 and fine.classes[:2] == ["apple", "aquarium_fish"]
     raw = D.load_raw("cifar100", root=tmp_path)  # from the cache now

@@ -4,26 +4,24 @@ Their hosts (www.cs.toronto.edu, ufldl.stanford.edu) are reachable from a typica
 a sandbox: before downloading, the host is probed with a short TCP connect (``PROBE_TIMEOUT_S``), so
 where it cannot be reached the call fails in well under a second with a message that names the
 file to place by hand in ``ROOT/downloads/`` and its expected md5 (torchvision's own checksum). A
-placed file is used only when its md5 matches. The archive is converted to the same verified uint8
-cache as the registry data sets (:func:`kd_utils.data.load_raw`).
+placed file is used only when its md5 matches. The archive is converted (by the decoders in
+:mod:`kd_utils.data.convert`) to the same verified uint8 cache as the registry data sets
+(:func:`kd_utils.data.load_raw`); :func:`kd_utils.data.sources.obtain` is the one entry point for both kinds.
 """
 from __future__ import annotations
 
 import contextlib
-import io
-import pickle
 import socket
-import tarfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from .digests import file_digest
-from .fetch import DataError, note
+from ..digests import file_digest
+from ..fetch import DataError, note
+from .convert import _cifar100, _svhn
 
 PROBE_TIMEOUT_S = 3.0        # a reachable host answers a TCP connect in milliseconds
 DOWNLOAD_TIMEOUT_S = 60.0    # per socket operation during the download itself
@@ -120,47 +118,6 @@ def obtain(source: WebSource, root: Path) -> list[Path]:
     return paths
 
 
-# ----------------------------------------------------------------- converters ----
-def _cifar100_members(path: Path) -> dict[str, dict]:
-    out = {}
-    with tarfile.open(path, "r:gz") as tar:
-        for member in tar:
-            base = member.name.rsplit("/", 1)[-1]
-            if member.isfile() and base in ("train", "test", "meta"):
-                # The archive is pinned by md5 above: unpickling its members is as safe as the checksum.
-                out[base] = pickle.load(io.BytesIO(tar.extractfile(member).read()), encoding="latin1")
-    missing = {"train", "test"} - out.keys()
-    if missing:
-        raise ValueError(f"archive lacks {sorted(missing)}")
-    return out
-
-
-def _cifar100(label_key: str) -> Callable[[list[Path]], dict[str, torch.Tensor]]:
-    def convert(paths: list[Path]) -> dict[str, torch.Tensor]:
-        m = _cifar100_members(paths[0])
-
-        def images(d):  # rows of 3072 bytes: 1024 R, 1024 G, 1024 B, each row-major 32x32
-            return torch.from_numpy(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
-        return {"x_train": images(m["train"]), "y_train": torch.tensor(m["train"][label_key], dtype=torch.int64),
-                "x_test": images(m["test"]), "y_test": torch.tensor(m["test"][label_key], dtype=torch.int64)}
-    return convert
-
-
-def _svhn(paths: list[Path]) -> dict[str, torch.Tensor]:
-    try:
-        from scipy.io import loadmat
-    except ImportError:  # pragma: no cover - scipy is a pinned dependency
-        raise ValueError("reading SVHN's .mat files needs scipy (pip install scipy)") from None
-    out = {}
-    for split, path in zip(("train", "test"), paths):
-        mat = loadmat(str(path))
-        x = np.transpose(np.asarray(mat["X"], dtype=np.uint8), (3, 2, 0, 1))  # (H, W, C, N) -> (N, C, H, W)
-        y = np.asarray(mat["y"], dtype=np.int64).reshape(-1)
-        y[y == 10] = 0  # SVHN labels the digit 0 as class 10
-        out[f"x_{split}"], out[f"y_{split}"] = torch.from_numpy(x.copy()), torch.from_numpy(y)
-    return out
-
-
 _C100 = WebFile("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz",
                 "eb9058c3a382ffc7106e4002c42a8d85")
 SOURCES: dict[str, WebSource] = {
@@ -172,17 +129,3 @@ SOURCES: dict[str, WebSource] = {
         WebFile("http://ufldl.stanford.edu/housenumbers/test_32x32.mat", "test_32x32.mat",
                 "eb5a983be6a315427106f1b164d9cef3")), _svhn),
 }
-
-CIFAR100_FINE = (
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
-    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
-    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
-    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
-    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
-    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
-    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm").split()
-CIFAR100_COARSE = (
-    "aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices "
-    "household_furniture insects large_carnivores large_man-made_outdoor_things large_natural_outdoor_scenes "
-    "large_omnivores_and_herbivores medium_mammals non-insect_invertebrates people reptiles small_mammals trees "
-    "vehicles_1 vehicles_2").split()
