@@ -16,7 +16,7 @@ from .experiments import Run, cache_teacher_logits, distill, run_experiment
 from .plans import AugmentationPlan, teacher_outputs
 from .teacher import cifar_teacher, hinton_teacher
 from .train_kd import HintonKD, LogitMatching, Vanilla, build_distiller, kd_loss
-from . import ensemble, feature_kd  # noqa: F401  (register the "cohort" and feature distillers)
+from . import ensemble, feature_kd, methods  # noqa: F401  (register the "cohort", feature and other distillers)
 
 __version__ = "0.1.0"
 __all__ = ["KDConfig", "Profile", "TrainConfig", "get_profile", "DataBundle", "get_data", "build_model",

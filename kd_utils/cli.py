@@ -7,6 +7,7 @@
     run-notebooks   execute the notebooks (make run): replay, fresh or reuse
     replayable      the notebooks whose runs are committed (make test replays them)
     info            profiles, models, library versions
+    methods         every distillation method: paper, defaults, extra parameters, cached or online
 """
 from __future__ import annotations
 
@@ -111,6 +112,30 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def _markdown(df) -> str:
+    """A DataFrame as a GitHub Markdown table (no extra dependency)."""
+    cell = lambda v: str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _cmd_methods(a: argparse.Namespace) -> int:
+    import pandas as pd
+    from .config import get_profile
+    from .methods import methods_table
+    from .models import build_model
+    prof = get_profile(a.profile)
+    t_spec, s_spec = prof.model_spec("cifar_teacher"), prof.model_spec("cifar_student")
+    build = lambda spec: build_model(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+    table = methods_table(build(t_spec).eval(), lambda: build(s_spec),
+                          kwargs={"crd": {"n_data": 45_000, "negatives": "uniform"}})  # the bank's size only
+    print(f"teacher {t_spec}, student {s_spec} (profile {prof.name}); CRD's memory banks are not parameters")
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", None):
+        print(_markdown(table.fillna("").reset_index()) if a.markdown else table.fillna("").to_string())
+    return 0
+
+
 def _cmd_replayable(a: argparse.Namespace) -> int:
     from .config import DEFAULT_PROFILE
     from .notebooks import NOTEBOOKS
@@ -209,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="list profiles, models and library versions")
     i.set_defaults(func=_cmd_info)
 
+    me = sub.add_parser("methods", help="list the distillation methods with their defaults on a profile's pair")
+    me.add_argument("--profile", default=None, help="whose CIFAR teacher/student pair (default: $KD_PROFILE, else cpu)")
+    me.add_argument("--markdown", action="store_true", help="a Markdown table")
+    me.set_defaults(func=_cmd_methods)
     r = sub.add_parser("run-notebooks", help="execute the suite's notebooks headless")
     r.add_argument("--profile", default=None, choices=["smoke", "cpu", "gpu"], help="default: $KD_PROFILE or cpu")
     r.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")

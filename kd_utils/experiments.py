@@ -352,7 +352,8 @@ def _from_record(name: str, folder: Path, record: dict, spec: dict, data, teache
     run = Run(name, history, _with_teacher(record["metrics"], logits["test"], teacher, data, cfg), True, folder, spec,
               record, None, weights_fallback, logits)
     if any(base is not None and (base / "model.pt").is_file() for base in (folder, weights_fallback)):
-        fresh = test_logits(run.model, data, cfg.device)
+        # compared at the stored precision: a near-tie that float16 rounds to a tie must not count as a change
+        fresh = test_logits(run.model, data, cfg.device).to(logits["test"].dtype).float()
         agree = metrics.agreement(fresh, logits["test"].float())
         if agree < 0.999:
             raise runs.RunError(f"stored weights of run {folder.name} no longer reproduce its record: their test "
