@@ -216,8 +216,11 @@ RUNS_USED: list[Run] = []
 
 
 def _train(name: str, student: dict, data, cfg: TrainConfig, method: str, teacher: nn.Module | None,
-           progress: bool, stop_after: int | None, method_kwargs: dict):
-    """Build the seeded student and train it with ``method``; returns (model, FitResult)."""
+           progress: bool, stop_after: int | None, method_kwargs: dict, state_path: Path | None = None):
+    """Build the seeded student and train it with ``method``; returns (model, FitResult). With a
+    ``state_path`` the training state is saved after every epoch and a run killed part-way resumes
+    from it, bit for bit (``fit(..., resume=True)``)."""
+    resume = dict(state_path=state_path, resume=state_path is not None)
     from .models import build_model
     from .runtime import seed_everything
     spec_model = dict(student)
@@ -228,11 +231,11 @@ def _train(name: str, student: dict, data, cfg: TrainConfig, method: str, teache
                          f"got {sorted(method_kwargs)}")
     if method == "ce" or teacher is None:  # plain CE, or a teacher-free method (mutual learning in a cohort)
         distiller = None if method == "ce" else build_distiller(method, model, None, **method_kwargs)
-        res = fit(model, data, cfg, progress=progress, desc=name, stop_after=stop_after, method=distiller)
+        res = fit(model, data, cfg, progress=progress, desc=name, stop_after=stop_after, method=distiller, **resume)
         res.config["teacher_outputs"] = "none"
     else:
         res = distill(model, teacher, data, cfg, method=method, progress=progress, desc=name, stop_after=stop_after,
-                      **method_kwargs)
+                      **resume, **method_kwargs)
     return model, res
 
 
@@ -285,23 +288,31 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         raise runs.RunError(f"run {name!r} cannot be replayed: {runs.explain_mismatch(name, spec, order)}; "
                             f"re-execute {os.environ.get(runs.NOTEBOOK_ENV) or 'the notebook that makes it'} "
                             "with `make run FRESH=1`")
+    # A long run killed part-way (a session's end) continues from its last epoch next time it is asked for.
+    state = places["training"] / "_state" / f"{runs.folder_name(name, key)}.pth"
+    if mode == "fresh":  # retrain means from the first epoch
+        state.unlink(missing_ok=True)
+    done_before = _epochs_in_state(state)
     t0 = time.perf_counter()
-    model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs)
+    model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs, state)
     wall = time.perf_counter() - t0
+    earlier_s = float(res.history["time_s"].iloc[:done_before].sum()) if done_before else 0.0
     runs.round_weights(model.cpu()).eval()
     logits = {"test": predict(model, data.loader("test", batch_size=1024), cfg.device, EVAL_PRECISION)[0],
               "val": (predict(model, data.loader("val", batch_size=1024), cfg.device, EVAL_PRECISION)[0]
                       if len(data.y_val) else None)}
     logits = {k: None if v is None else v.to(runs.LOGITS_DTYPE) for k, v in logits.items()}
     m = {**logits_metrics(logits["test"], data.y_test), "best_epoch": res.best_epoch,
-         "best_val_acc": res.best_val_acc, "train_time_s": res.wall_time_s, "wall_time_s": wall,
+         "best_val_acc": res.best_val_acc, "train_time_s": res.wall_time_s + earlier_s, "wall_time_s": wall + earlier_s,
          "epoch_time_s": float(res.history["time_s"].mean()), "precision": res.config["precision_used"],
          "teacher_outputs": res.config["teacher_outputs"], "extra_parameters": res.config.get("extra_parameters", 0),
-         "stage1_time_s": res.config.get("stage1_time_s", 0.0)}
+         "stage1_time_s": res.config.get("stage1_time_s", 0.0),
+         **({"resumed_after_epoch": done_before} if done_before else {})}
     record = {"format": runs.FORMAT, "name": name, "key": key, "spec": spec, "metrics": m,
               "session": runs.session_id(), "weights": True, "provenance": runs.provenance()}
     folder = places["training"] / runs.folder_name(name, key)
     runs.write_run(folder, record, res.history, logits, model)
+    state.unlink(missing_ok=True)  # the record is written: the run will never resume again
     if progress:
         print(f"[trained] {name}: test accuracy {m['test_accuracy']:.4f} in {wall:.0f} s ({res.config['teacher_outputs']})")
     runs.note_use(prof, folder, keep_weights, root)
@@ -309,6 +320,16 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
               model, None, logits)
     RUNS_USED.append(run)
     return run
+
+
+def _epochs_in_state(path: Path) -> int:
+    """The epochs a saved training state holds (0: none, or unreadable: the run starts over)."""
+    if not path.is_file():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # a state fit cannot read is refused by fit itself, with its reason
+        return 0
 
 
 def execution_summary(notebook_start: float | None = None, notebook: str | None = None) -> dict[str, Any]:

@@ -304,3 +304,28 @@ def test_execution_summary_counts_the_runs_behind_a_notebook(toy_cifar, tmp_path
     assert (s["runs"], s["runs_trained_now"], s["mode"]) == (2, 2, "reuse")
     assert s["training_compute_s"] == round(a.metrics["wall_time_s"] + b.metrics["wall_time_s"], 1)
     assert s["precisions"] == ["fp32"] and len(s["trained_on"]) == 1
+
+
+def test_a_run_killed_part_way_resumes_from_its_saved_state(toy_cifar, tmp_path):
+    """run_experiment saves the training state every epoch: a run cut off after epoch 1 (a session's end)
+    continues from there when asked again, and ends bit-identical to an uninterrupted run."""
+    from kd_utils.runtime import seed_everything
+    from kd_utils.train_eval import fit
+    cfg = _cfg(epochs=2)
+    whole = run_experiment("r", STUDENT, toy_cifar, cfg, profile="smoke", root=tmp_path / "a", progress=False)
+    # what a killed run leaves behind: the state after epoch 1 at the run's state path
+    spec = run_spec(STUDENT, toy_cifar, cfg, "ce", {}, None)
+    state = tmp_path / "b" / "models" / "smoke" / "runs" / "_state" / f"{runs.folder_name('r', spec_key(spec))}.pth"
+    state.parent.mkdir(parents=True)
+    seed_everything(cfg.seed)
+    model = build_model(STUDENT["name"], width=STUDENT["width"])
+    fit(model, toy_cifar, cfg, progress=False, stop_after=1, state_path=state)
+    assert state.is_file()
+    resumed = run_experiment("r", STUDENT, toy_cifar, cfg, profile="smoke", root=tmp_path / "b", progress=False)
+    assert not resumed.reused and resumed.metrics["resumed_after_epoch"] == 1 and not state.exists()
+    assert "resumed_after_epoch" not in whole.metrics
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.history["train_loss"].tolist() == whole.history["train_loss"].tolist()
+    # its compute counts the epoch trained before the cut
+    assert resumed.metrics["train_time_s"] >= resumed.history["time_s"].iloc[0]
