@@ -76,7 +76,7 @@ def fig_method_epoch_cost(b: Bench) -> Figure:
                 continue
             row = {"epoch_s": float(res.history["time_s"].iloc[0]), "teacher_outputs": res.config["teacher_outputs"],
                    "extra_parameters": res.config["extra_parameters"], "arguments": STAGE_ARGS.get(m, {})}
-            if "stage1_time_s" in res.config:
+            if any(k in STAGE_ARGS.get(m, {}) for k in ("init_epochs", "hint_epochs")):  # a pre-training stage ran
                 row["stage_epoch_s"] = float(res.config["stage1_time_s"])
             rows[m] = row
             b.log(f"  {m}: {row['epoch_s']:.2f} s ({row['teacher_outputs']})")
