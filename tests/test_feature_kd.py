@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kd_utils import build_model
-from kd_utils.feature_kd import FeatureHooks, layer_names
+from kd_utils.feature_kd import FeatureHooks, capture, layer_names, pre_relu_layers
 from kd_utils.train_kd import StepContext
 
 
@@ -34,11 +34,45 @@ def test_unknown_layer_names_are_rejected_with_the_known_ones():
     assert "classifier" in layer_names(m)
 
 
+def test_clone_keeps_a_batchnorm_output_that_the_inplace_relu_overwrites():
+    m = build_model("vgg8", width=0.125).eval()   # stage2 = conv, BatchNorm, ReLU(inplace=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        bn_out = m.stage2[1](m.stage2[0](m.pool(m.stage1(x))))   # the BatchNorm's output, recomputed
+    assert (bn_out < 0).any()
+    _, plain = capture(m, x, ["stage2.1"])
+    torch.testing.assert_close(plain["stage2.1"], bn_out.clamp(min=0))   # the ReLU overwrote the stored output
+    with FeatureHooks(m, ["stage2.1", "stage3"], clone=True) as hooks:
+        m(x)
+        cloned = hooks.pop()
+    torch.testing.assert_close(cloned["stage2.1"], bn_out)
+    # full=False stops after the last layer with the same copies; hooks are removed on the early exit too
+    none, part = capture(m, x, ["stage2.1", "stage3"], full=False, clone=True)
+    assert none is None and all(torch.equal(part[k], cloned[k]) for k in cloned)
+    assert all(len(mod._forward_hooks) == 0 for mod in m.modules())
+    # the copy keeps the autograd link: gradients reach the BatchNorm and the layers below it
+    _, feats = capture(m, x, ["stage2.1"], clone=True)
+    feats["stage2.1"].pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0
+               for n in ("stage1", "stage2") for p in getattr(m, n).parameters())
+    assert all(p.grad is None for n in ("stage3", "classifier") for p in getattr(m, n).parameters())
+
+
+def test_pre_relu_layers_name_each_layers_last_batchnorm_or_say_why_not():
+    m, t = build_model("vgg8", width=0.125), build_model("vgg13", width=0.25)
+    assert pre_relu_layers(m, ["stage2", "stage5"]) == ["stage2.1", "stage5.1"]  # one conv-BN-ReLU per stage
+    assert pre_relu_layers(t, ["stage3", "stage3.1"]) == ["stage3.4", "stage3.1"]  # the last BN; a BN is itself
+    with pytest.raises(ValueError, match=r"VGG has no layer 'nope'; known layers: stage1"):
+        pre_relu_layers(m, ["nope"])
+    with pytest.raises(ValueError, match=r"layer 'stage3.0' of VGG holds no BatchNorm"):
+        pre_relu_layers(m, ["stage3", "stage3.0"])
+
+
 # ------------------------------------------------------------- the methods ----
 from kd_utils.config import TrainConfig  # noqa: E402
 from kd_utils.experiments import distill  # noqa: E402
 from kd_utils.feature_kd import (AttentionTransfer, CosineMatching, FitNets, FitNetsTwoStage, HintStage, PKT,  # noqa: E402
-                                 attention_loss, attention_map, capture, cosine_loss, hint_loss, linear_cka, pkt_loss)
+                                 attention_loss, attention_map, cosine_loss, hint_loss, linear_cka, pkt_loss)
 
 
 def _pair(seed=0):
@@ -222,6 +256,17 @@ def test_hint_stage_trains_only_the_guided_layers_and_the_regressor():
     losses["loss_hint"].backward()
     assert all(p.grad is not None for n in ("stage1", "stage2", "stage3") for p in getattr(s, n).parameters())
     assert all(p.grad is None for n in ("stage4", "stage5", "classifier") for p in getattr(s, n).parameters())
+
+
+def test_two_stage_fitnets_describes_its_hint_stage_and_caches_the_teacher_logits():
+    s, t = _pair()
+    d = FitNetsTwoStage(s, t, hint_epochs=2, alpha=0.0)
+    assert list(d.describe().items()) == [("method", "FitNetsTwoStage"), ("temperature", 4.0), ("alpha", 0.0),
+                                          ("hint_epochs", 2), ("hint_beta", 1.0), ("extra_parameters", 0)]
+    assert d.logits_only and d.stage1 is None and d.hint_epochs == 2
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="hint_epochs must be an int >= 1"):
+            FitNetsTwoStage(s, t, hint_epochs=bad)
 
 
 def test_distill_serves_pooled_methods_from_the_plan_cache_and_runs_the_hint_stage(toy_cifar):

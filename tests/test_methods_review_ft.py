@@ -347,7 +347,8 @@ def test_bad_arguments_and_layers_give_clear_errors():
         ReviewKD(s, t, pooled_layer="stage9")
     with pytest.raises(ValueError, match=r"no layer\(s\) \['block2'\]; known layers: stage1"):
         ReviewKD(s, t, student_layers=["block2"], teacher_layers=["stage2"])
-    with pytest.raises(ValueError, match="teacher layer 'stage2.0' holds no BatchNorm.*teacher_preact=False"):
+    with pytest.raises(ValueError,
+                       match="teacher_preact: layer 'stage2.0' of VGG holds no BatchNorm.*teacher_preact=False"):
         ReviewKD(s, t, student_layers=["stage2"], teacher_layers=["stage2.0"])
     with pytest.raises(ValueError, match=r"'classifier' has shape \(10,\).*\(C, H, W\)"):
         ReviewKD(s, t, student_layers=["classifier"], teacher_layers=["stage2"], teacher_preact=False)

@@ -165,7 +165,7 @@ def test_ab_bad_arguments_give_clear_errors():
         AB(s, t, student_layers=["stage2.1"], teacher_layers=["stage3.4"])
     with pytest.raises(ValueError, match="needs the teacher"):
         AB(s, None)
-    with pytest.raises(ValueError, match="has no stage 'stage2'"):
+    with pytest.raises(ValueError, match="has no layer 'stage2'; known layers: 0"):
         AB(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), t)
 
 

@@ -17,48 +17,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from kd_utils.feature_kd import FeatureDistiller, FeatureHooks
-from kd_utils.train_kd import DISTILLERS, HintonKD, StepContext
+from kd_utils.feature_kd import REFERENCE_LAYERS, FeatureStage, InitStageMethod, pre_relu_layers
+from kd_utils.train_kd import DISTILLERS
 
 # RepDistiller's ABLoss divides each layer's summed loss by the batch size and scales it by 3/1000.
 AB_SCALE = 3 / 1000
-
-
-class ClonedFeatureHooks(FeatureHooks):
-    """:class:`~kd_utils.feature_kd.FeatureHooks` that store a copy of each output: a BatchNorm's output
-    is overwritten by the in-place ReLU that follows it, so pre-activations must be cloned in the hook
-    (the copy keeps the autograd link to the BatchNorm)."""
-
-    def _hook(self, name: str):
-        def hook(module: nn.Module, inputs, output) -> None:
-            self._store[name] = output.clone()
-        return hook
-
-
-def capture_preact(model: nn.Module, x: torch.Tensor, names: Sequence[str]
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``model(x)`` and the (cloned) outputs of the named layers."""
-    with ClonedFeatureHooks(model, names) as hooks:
-        out = model(x)
-        return out, hooks.pop()
-
-
-def preact_layers(model: nn.Module, stages: Sequence[str] = ("stage2", "stage3", "stage4", "stage5")
-                  ) -> tuple[str, ...]:
-    """The last BatchNorm of each named stage: its output is the stage's pre-ReLU feature map (the
-    ``preact`` features of RepDistiller's VGG)."""
-    modules = dict(model.named_modules())
-    out = []
-    for stage in stages:
-        if stage not in modules or not stage:
-            raise ValueError(f"{type(model).__name__} has no stage {stage!r}; give student_layers/teacher_layers "
-                             "explicitly (pre-ReLU layers, e.g. 'stage3.1')")
-        bns = [n for n, m in modules.items() if n.startswith(stage + ".") and isinstance(m, nn.BatchNorm2d)]
-        if not bns:
-            raise ValueError(f"stage {stage!r} of {type(model).__name__} has no BatchNorm2d whose output is a pre-ReLU "
-                             "map; give student_layers/teacher_layers explicitly")
-        out.append(bns[-1])
-    return tuple(out)
 
 
 def ab_layer_weights(n_layers: int) -> list[float]:
@@ -88,12 +51,15 @@ def ab_loss(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], ma
     return sum(terms) / n * AB_SCALE
 
 
-class ABStage(FeatureDistiller):
+class ABStage(FeatureStage):
     """The AB pre-training stage: ``beta * ab_loss(connector(student pre-ReLU), teacher pre-ReLU)`` alone
     (no labels, no KD). Gradients reach the connectors and the student's layers up to the deepest matched
-    one; the classifier (and any layer after the last matched one) receives none."""
+    one; the classifier (and any layer after the last matched one) receives none. Default layers: the
+    last BatchNorm of ``stage2``..``stage5`` (:func:`~kd_utils.feature_kd.pre_relu_layers`); given layers
+    are read as they are. Every feature is cloned in its hook (``clone_features``)."""
     term = "loss_ab"
     family = "ab"
+    clone_features = True
 
     def __init__(self, student, teacher, *, margin: float = 1.0, beta: float = 1.0, connector_bias: bool = False,
                  identity_when_equal: bool = True, student_layers: Sequence[str] | None = None,
@@ -104,17 +70,15 @@ class ABStage(FeatureDistiller):
             raise ValueError("AB needs the teacher network (its pre-activations are the targets)")
         self.margin = float(margin)
         self.connector_bias, self.identity_when_equal = bool(connector_bias), bool(identity_when_equal)
-        super().__init__(student, teacher, beta=beta, alpha=0.0,
-                         student_layers=tuple(student_layers) if student_layers else preact_layers(student),
-                         teacher_layers=tuple(teacher_layers) if teacher_layers else preact_layers(teacher),
+        super().__init__(student, teacher, beta=beta,
+                         student_layers=tuple(student_layers or pre_relu_layers(student, REFERENCE_LAYERS)),
+                         teacher_layers=tuple(teacher_layers or pre_relu_layers(teacher, REFERENCE_LAYERS)),
                          input_shape=input_shape)
 
     def make_adapters(self, s_shapes, t_shapes):
+        self.check_maps(s_shapes, t_shapes, "AB", need="the 1x1 connector needs (C, H, W) maps with equal H and W")
         connectors = []
-        for n_s, n_t, s, t in zip(self.s_layers, self.t_layers, s_shapes, t_shapes):
-            if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
-                raise ValueError(f"AB: student layer {n_s!r} has shape {s} and teacher layer {n_t!r} has shape {t}; "
-                                 "the 1x1 connector needs (C, H, W) maps with equal H and W")
+        for s, t in zip(s_shapes, t_shapes):
             if s == t and self.identity_when_equal:
                 connectors.append(nn.Identity())
             else:
@@ -130,64 +94,12 @@ class ABStage(FeatureDistiller):
     def feature_loss(self, s_feats, t_feats):
         return ab_loss([c(f) for c, f in zip(self.adapters, s_feats)], t_feats, self.margin)
 
-    def forward(self, x, y, ctx: StepContext | None = None):
-        logits, s = capture_preact(self.student, x, self.s_layers)
-        with torch.no_grad():
-            _, t = capture_preact(self.teacher, x, self.t_layers)
-        loss = self.feature_loss([s[n] for n in self.s_layers], [t[n] for n in self.t_layers])
-        return logits, {self.term: self.beta * loss}
-
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "method": "ABStage", "margin": self.margin, "connector_bias": self.connector_bias,
                 "identity_when_equal": self.identity_when_equal}
 
 
-def _check_init(init_epochs: Any, init_schedule: Any) -> None:
-    if isinstance(init_epochs, bool) or not isinstance(init_epochs, int) or init_epochs < 0:
-        raise ValueError(f"init_epochs must be an int >= 0 (0: no pre-training stage), got {init_epochs!r}")
-    allowed = ("constant", "cosine", "onecycle", "step")
-    if init_schedule is not None and init_schedule not in allowed:
-        raise ValueError(f"init_schedule must be None (the run's schedule) or one of {', '.join(allowed)}, "
-                         f"got {init_schedule!r}")
-
-
-class _InitStageMethod(HintonKD):
-    """Shared protocol of the methods RepDistiller runs as an init stage (``helper/pretrain.py``): a stage
-    distiller built at construction (layers validated, its extra parameters counted), trained by
-    :meth:`prepare` through ``kd_utils.train_eval.fit``, then dropped; the main stage is
-    ``(1 - alpha) * CE + alpha * KD`` (alpha 0: cross-entropy alone, as RepDistiller's ``-a 0``)."""
-    stage_name = "init stage"
-
-    def __init__(self, student, teacher, stage: FeatureDistiller, *, init_epochs: int, init_schedule: str | None,
-                 temperature: float, alpha: float):
-        _check_init(init_epochs, init_schedule)
-        super().__init__(student, teacher, temperature=temperature, alpha=alpha)
-        self.init_epochs, self.init_schedule = init_epochs, init_schedule
-        self.logits_only = self.alpha > 0  # with CE alone the teacher is never read: nothing to cache
-        self._stage = [stage]  # a list: not a submodule, so the stage's extras never join the main stage
-        self.extra_parameters = stage.extra_parameters  # trained in stage 1, discarded after it
-        self.stage1 = None  # the init stage's FitResult, once run
-
-    def prepare(self, data, cfg, progress: bool = True) -> None:
-        if self.init_epochs == 0:
-            return
-        from kd_utils.train_eval import fit
-        if not self._stage:
-            raise RuntimeError(f"{type(self).__name__}: the {self.stage_name} has already run")
-        stage = self._stage.pop()
-        over = {"epochs": self.init_epochs}
-        if self.init_schedule is not None:
-            over["schedule"] = self.init_schedule
-        self.stage1 = fit(self.student, data, cfg.replace(**over), method=stage, progress=progress,
-                          desc=self.stage_name, restore_best=False)
-        self.teacher.eval()
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "init_epochs": self.init_epochs, "init_schedule": self.init_schedule,
-                "extra_parameters": self.extra_parameters}
-
-
-class AB(_InitStageMethod):
+class AB(InitStageMethod):
     """Activation-boundary transfer (Heo et al., AAAI 2019) as RepDistiller runs it: an init stage with the
     AB loss, then CE (+ KD).
 
@@ -228,7 +140,7 @@ class AB(_InitStageMethod):
         self.connector_bias, self.identity_when_equal = stage.connector_bias, stage.identity_when_equal
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "method": "AB", "margin": self.margin, "init_beta": self.init_beta,
+        return {**super().describe(), "margin": self.margin, "init_beta": self.init_beta,
                 "student_layers": list(self.s_layers), "teacher_layers": list(self.t_layers),
                 "connector_bias": self.connector_bias, "identity_when_equal": self.identity_when_equal}
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..feature_kd import _PooledDistiller, capture, pooled
-from ..train_kd import DISTILLERS, StepContext, kd_loss
+from ..feature_kd import _PooledDistiller, pooled
+from ..train_kd import DISTILLERS, StepContext
 
 NCE_EPS = 1e-7  # as RepDistiller's crd/criterion.py
 
@@ -237,16 +237,9 @@ class CRD(_PooledDistiller):
 
     def forward(self, x, y, ctx=None):
         index = self._index(ctx, x.shape[0])
-        logits, s = capture(self.student, x, self.s_layers)
+        logits, (s_feat,) = self.student_features(x)
         t_logits, (t_vec,) = self.teacher_features(x, ctx)
-        losses = {}
-        if self.alpha < 1:
-            losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
-        if self.alpha > 0:
-            losses["loss_kd"] = self.alpha * kd_loss(logits, t_logits, self.temperature)
-        if self.beta > 0:
-            losses[self.term] = self.beta * self.contrast_loss(pooled(s[self.s_layers[0]]), t_vec, index)
-        return logits, losses
+        return logits, self._losses(logits, y, t_logits, lambda: self.contrast_loss(pooled(s_feat), t_vec, index), ctx)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "feat_dim": self.feat_dim, "nce_k": self.nce_k, "nce_t": self.nce_t,

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from kd_utils.feature_kd import FeatureDistiller, capture
-from kd_utils.train_kd import DISTILLERS, HintonKD, StepContext
+from kd_utils.feature_kd import FeatureStage, InitStageMethod
+from kd_utils.train_kd import DISTILLERS
 
 
 def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ def fsp_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torc
     return total
 
 
-class FSPStage(FeatureDistiller):
+class FSPStage(FeatureStage):
     """The FSP pre-training stage: ``beta * fsp_loss`` alone (no labels, no KD) on post-ReLU stage outputs;
     gradients reach the student's layers up to the deepest matched one, never its classifier."""
     term = "loss_fsp"
@@ -59,13 +59,12 @@ class FSPStage(FeatureDistiller):
     teacher_layers = ("stage1", "stage2", "stage3", "stage4", "stage5")
 
     def __init__(self, student, teacher, *, beta: float = 1.0, **kw):
-        super().__init__(student, teacher, beta=beta, alpha=0.0, **kw)
+        super().__init__(student, teacher, beta=beta, **kw)
 
     def make_adapters(self, s_shapes, t_shapes):
         if len(self.s_layers) < 2:
             raise ValueError(f"FSP needs at least two layers (one consecutive pair), got {list(self.s_layers)}")
-        bad = [f"{n_s!r} {s} vs {n_t!r} {t}" for n_s, n_t, s, t in zip(self.s_layers, self.t_layers, s_shapes, t_shapes)
-               if len(s) != 3 or len(t) != 3 or s[0] != t[0]]
+        bad = self.unmatched_pairs(s_shapes, t_shapes, dim=0)
         if bad:
             raise ValueError("FSP compares student and teacher FSP matrices entry by entry, so every matched layer "
                              "must be a (C, H, W) map with the same channel count C in both networks (RepDistiller "
@@ -76,18 +75,11 @@ class FSPStage(FeatureDistiller):
     def feature_loss(self, s_feats, t_feats):
         return fsp_loss(s_feats, t_feats)
 
-    def forward(self, x, y, ctx: StepContext | None = None):
-        logits, s = capture(self.student, x, self.s_layers)
-        with torch.no_grad():
-            _, t = capture(self.teacher, x, self.t_layers, full=False)
-        loss = self.feature_loss([s[n] for n in self.s_layers], [t[n] for n in self.t_layers])
-        return logits, {self.term: self.beta * loss}
-
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "method": "FSPStage"}
 
 
-class FSP(HintonKD):
+class FSP(InitStageMethod):
     """FSP (Yim et al., CVPR 2017) as RepDistiller runs it: an init stage with the FSP loss, then CE (+ KD).
 
     Reference: HobbitLong/RepDistiller ``distiller_zoo/FSP.py`` (FSP matrix ``mean_hw(a_i * b_j)`` of
@@ -115,40 +107,16 @@ class FSP(HintonKD):
                  alpha: float = 0.0, init_schedule: str | None = "constant",
                  student_layers: Sequence[str] | None = None, teacher_layers: Sequence[str] | None = None,
                  input_shape: Sequence[int] = (3, 32, 32)):
-        if isinstance(init_epochs, bool) or not isinstance(init_epochs, int) or init_epochs < 0:
-            raise ValueError(f"init_epochs must be an int >= 0 (0: no pre-training stage), got {init_epochs!r}")
-        allowed = ("constant", "cosine", "onecycle", "step")
-        if init_schedule is not None and init_schedule not in allowed:
-            raise ValueError(f"init_schedule must be None (the run's schedule) or one of {', '.join(allowed)}, "
-                             f"got {init_schedule!r}")
         stage = FSPStage(student, teacher, beta=init_beta, student_layers=student_layers,
                          teacher_layers=teacher_layers, input_shape=input_shape)
-        super().__init__(student, teacher, temperature=temperature, alpha=alpha)
-        self.init_epochs, self.init_schedule, self.init_beta = init_epochs, init_schedule, stage.beta
+        super().__init__(student, teacher, stage, init_epochs=init_epochs, init_schedule=init_schedule,
+                         temperature=temperature, alpha=alpha)
+        self.init_beta = stage.beta
         self.s_layers, self.t_layers = stage.s_layers, stage.t_layers
-        self.logits_only = self.alpha > 0  # with CE alone the teacher is never read: nothing to cache
-        self._stage = [stage]  # a list, not a submodule: the stage never joins the main stage's modules
-        self.extra_parameters = 0
-        self.stage1 = None  # the init stage's FitResult, once run
 
-    def prepare(self, data, cfg, progress: bool = True) -> None:
-        if self.init_epochs == 0:
-            return
-        from kd_utils.train_eval import fit
-        if not self._stage:
-            raise RuntimeError(f"{type(self).__name__}: the {self.stage_name} has already run")
-        stage = self._stage.pop()
-        over = {"epochs": self.init_epochs}
-        if self.init_schedule is not None:
-            over["schedule"] = self.init_schedule
-        self.stage1 = fit(self.student, data, cfg.replace(**over), method=stage, progress=progress,
-                          desc=self.stage_name, restore_best=False)
-        self.teacher.eval()
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "method": "FSP", "init_epochs": self.init_epochs,
-                "init_schedule": self.init_schedule, "init_beta": self.init_beta,
-                "student_layers": list(self.s_layers), "teacher_layers": list(self.t_layers), "extra_parameters": 0}
+    def describe_stage(self) -> dict[str, Any]:
+        return {**super().describe_stage(), "init_beta": self.init_beta, "student_layers": list(self.s_layers),
+                "teacher_layers": list(self.t_layers)}
 
 
 DISTILLERS.update({"fsp": FSP})

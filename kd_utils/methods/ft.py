@@ -16,13 +16,13 @@ the teacher's accuracy on reconstructed features (how much the reconstruction ke
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_utils.feature_kd import FeatureDistiller, capture
+from kd_utils.feature_kd import FeatureDistiller
 from kd_utils.train_kd import DISTILLERS, Distiller
 
 FACTOR_NORMS = ("attention", "flat")
@@ -229,9 +229,7 @@ class FactorTransfer(FeatureDistiller):
 
     def make_adapters(self, s_shapes, t_shapes):
         (s,), (t,) = s_shapes, t_shapes
-        if len(s) != 3 or len(t) != 3:
-            raise ValueError(f"FT: student layer {self.s_layers[0]!r} has shape {s} and teacher layer "
-                             f"{self.t_layers[0]!r} has shape {t}; both must be (C, H, W) maps")
+        self.check_maps(s_shapes, t_shapes, "FT", same_size=False)
         paraphraser = Paraphraser(t[0], self.rate, use_bn=self.paraphraser_bn)
         translator = Translator(s[0], paraphraser.factor_channels, use_bn=self.translator_bn)
         paraphraser.requires_grad_(False)  # trained only in stage 1 (prepare)

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from kd_utils.feature_kd import FeatureDistiller
+from kd_utils.feature_kd import REFERENCE_LAYERS, FeatureDistiller
 from kd_utils.train_kd import DISTILLERS
 
 LAYOUTS = ("hw_c", "ch_w")
@@ -203,8 +203,8 @@ class KDSVD(FeatureDistiller):
     """
     term = "loss_kdsvd"
     family = "kdsvd"
-    student_layers = ("stage2", "stage3", "stage4", "stage5")
-    teacher_layers = ("stage2", "stage3", "stage4", "stage5")
+    student_layers = REFERENCE_LAYERS
+    teacher_layers = REFERENCE_LAYERS
 
     def __init__(self, student, teacher, *, beta: float = 1.0, k: int = 1, layout: str = "hw_c", eps: float = 1e-4,
                  **kw):
@@ -221,8 +221,7 @@ class KDSVD(FeatureDistiller):
         if len(self.s_layers) < 2:
             raise ValueError(f"KDSVD needs at least two layers (one consecutive pair), got {list(self.s_layers)}")
         axis, idx = ("channel count C", 0) if self.layout == "hw_c" else ("width W", 2)
-        bad = [f"{n_s!r} {s} vs {n_t!r} {t}" for n_s, n_t, s, t in zip(self.s_layers, self.t_layers, s_shapes, t_shapes)
-               if len(s) != 3 or len(t) != 3 or s[idx] != t[idx]]
+        bad = self.unmatched_pairs(s_shapes, t_shapes, idx)
         if bad:
             hint = (" (or layout='ch_w', mdistiller's reshape, which needs equal widths only)"
                     if self.layout == "hw_c" else "")

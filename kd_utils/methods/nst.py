@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_utils.feature_kd import FeatureDistiller
+from kd_utils.feature_kd import REFERENCE_LAYERS, FeatureDistiller, sum_terms
 from kd_utils.train_kd import DISTILLERS
 
 
@@ -56,25 +56,18 @@ class NST(FeatureDistiller):
     """
     term = "loss_nst"
     family = "nst"
-    student_layers = ("stage2", "stage3", "stage4", "stage5")
-    teacher_layers = ("stage2", "stage3", "stage4", "stage5")
+    student_layers = REFERENCE_LAYERS
+    teacher_layers = REFERENCE_LAYERS
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float = 50.0, **kw: Any):
         super().__init__(student, teacher, beta=beta, **kw)
 
     def make_adapters(self, s_shapes: Sequence[tuple[int, ...]], t_shapes: Sequence[tuple[int, ...]]) -> nn.ModuleList:
-        for n_s, n_t, s, t in zip(self.s_layers, self.t_layers, s_shapes, t_shapes):
-            if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
-                raise ValueError(f"NST: student layer {n_s!r} has shape {s} and teacher layer {n_t!r} has shape {t}; "
-                                 "both must be (C, H, W) with equal H and W")
+        self.check_maps(s_shapes, t_shapes, "NST")
         return nn.ModuleList()
 
     def feature_loss(self, s_feats, t_feats):
-        total = None
-        for fs, ft in zip(s_feats, t_feats, strict=True):
-            term = nst_loss(fs, ft)
-            total = term if total is None else total + term
-        return total
+        return sum_terms(nst_loss(fs, ft) for fs, ft in zip(s_feats, t_feats, strict=True))
 
 
 DISTILLERS.update({"nst": NST})

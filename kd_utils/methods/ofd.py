@@ -6,8 +6,8 @@ per-channel margin (the mean of its negative responses, from the Gaussian its Ba
 follows), and the "partial" L2 distance ignores positions where both the target is negative and the
 student is already below it. A 1x1 conv + BN connector maps the student's channels onto the teacher's.
 
-:func:`capture_pre_relu` reads the pre-ReLU output of a stage (its last BatchNorm, cloned before the
-in-place ReLU that follows overwrites it).
+The pre-ReLU output of a stage is its last BatchNorm's (:func:`kd_utils.feature_kd.pre_relu_layers`),
+cloned in the hook (``capture(..., clone=True)``) before the in-place ReLU that follows overwrites it.
 """
 from __future__ import annotations
 
@@ -16,59 +16,11 @@ import math
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kd_utils.feature_kd import FeatureDistiller, layer_names
-from kd_utils.train_kd import DISTILLERS, StepContext, kd_loss
-
-_BN = nn.modules.batchnorm._BatchNorm
-
-
-# --------------------------------------------------------- pre-ReLU features ----
-def pre_relu_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
-    """For each named layer, the dotted name of the BatchNorm whose output is its pre-ReLU feature:
-    the layer itself when it is a BatchNorm, else the last BatchNorm inside it (``"stage3"`` of a
-    VGG13 -> ``"stage3.4"``)."""
-    modules = dict(model.named_modules())
-    out = []
-    for name in layers:
-        if not name or name not in modules:
-            known = layer_names(model)
-            shown = ", ".join(known[:40]) + (" ..." if len(known) > 40 else "")
-            raise ValueError(f"{type(model).__name__} has no layer {name!r}; known layers: {shown}")
-        mod = modules[name]
-        if isinstance(mod, _BN):
-            out.append(name)
-            continue
-        bns = [f"{name}.{sub}" for sub, m in mod.named_modules() if sub and isinstance(m, _BN)]
-        if not bns:
-            raise ValueError(f"layer {name!r} of {type(model).__name__} holds no BatchNorm, so it has no pre-ReLU "
-                             "output to read; name a stage ending in conv-BN-ReLU or a BatchNorm layer")
-        out.append(bns[-1])
-    return out
-
-
-def capture_pre_relu(model: nn.Module, x: torch.Tensor, layers: Sequence[str]
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Run ``model(x)``; return ``(output, {layer: pre-ReLU feature})``, each feature a clone of the
-    output of the layer's last BatchNorm (:func:`pre_relu_layers`), taken before any in-place ReLU."""
-    bn_names = pre_relu_layers(model, layers)
-    modules = dict(model.named_modules())
-    store: dict[str, torch.Tensor] = {}
-
-    def hook_for(layer: str):
-        def hook(module, inputs, output):
-            store[layer] = output.clone()
-        return hook
-
-    handles = [modules[bn].register_forward_hook(hook_for(layer)) for layer, bn in zip(layers, bn_names)]
-    try:
-        out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return out, {layer: store[layer] for layer in layers}
+from kd_utils.feature_kd import (_BN, REFERENCE_LAYERS, FeatureDistiller, capture, check_same_size, pre_relu_layers,
+                                 sum_terms)
+from kd_utils.train_kd import DISTILLERS, StepContext
 
 
 # ------------------------------------------------------------------- losses ----
@@ -137,7 +89,8 @@ class OFD(FeatureDistiller):
 
     Layers: mdistiller's ``preact_feats[1:]`` of its VGG are the pre-ReLU outputs of blocks 1-4 (the
     BN that ends each of ``block1``..``block4``), here the last BN of ``stage2``..``stage5`` of both
-    networks (:func:`capture_pre_relu`; ``student_layers``/``teacher_layers`` name stages or BN layers).
+    networks (:func:`~kd_utils.feature_kd.pre_relu_layers`; ``student_layers``/``teacher_layers`` name stages or
+    BN layers).
     Online teacher (whole pre-ReLU maps). ``extra_parameters``: the connectors (conv + BN affine).
 
     Deviations: mdistiller runs the teacher in train mode (its ``OFD.train`` switches every child),
@@ -149,8 +102,9 @@ class OFD(FeatureDistiller):
     """
     term = "loss_ofd"
     family = "ofd"
-    student_layers = ("stage2", "stage3", "stage4", "stage5")
-    teacher_layers = ("stage2", "stage3", "stage4", "stage5")
+    clone_features = True
+    student_layers = REFERENCE_LAYERS
+    teacher_layers = REFERENCE_LAYERS
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float = 1e-3,
                  layer_weights: Sequence[float] | None = None, teacher_batch_stats: bool = False, **kw: Any):
@@ -170,47 +124,29 @@ class OFD(FeatureDistiller):
             self.register_buffer(f"margin_{i}", bn_margin(t_modules[name]).view(1, -1, 1, 1))
 
     def make_adapters(self, s_shapes, t_shapes):
-        conns = []
-        for n_s, n_t, s, t in zip(self.s_layers, self.t_layers, s_shapes, t_shapes):
-            if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
-                raise ValueError(f"OFD: student layer {n_s!r} has shape {s} and teacher layer {n_t!r} has shape {t}; "
-                                 "both must be (C, H, W) with equal H and W")
-            conns.append(_connector(s[0], t[0]))
-        return nn.ModuleList(conns)
+        self.check_maps(s_shapes, t_shapes, "OFD")
+        return nn.ModuleList([_connector(s[0], t[0]) for s, t in zip(s_shapes, t_shapes)])
 
     @property
     def margins(self) -> list[torch.Tensor]:
         return [getattr(self, f"margin_{i}") for i in range(len(self.t_layers))]
 
+    def student_features(self, x: torch.Tensor):
+        logits, feats = capture(self.student, x, self.s_bn, clone=self.clone_features)
+        return logits, [feats[n] for n in self.s_bn]
+
     def teacher_features(self, x: torch.Tensor, ctx: StepContext | None):
-        cached = {} if ctx is None else ctx.teacher
         mode = _batch_statistics(self.teacher) if self.teacher_batch_stats else contextlib.nullcontext()
-        with torch.no_grad(), mode:
-            out, feats = capture_pre_relu(self.teacher, x, self.t_layers)
-        t_logits = cached["logits"].float() if "logits" in cached else out
-        return t_logits, [feats[n] for n in self.t_layers]
+        with mode:
+            t_logits, feats = self._teacher_capture(x, ctx, self.t_bn)
+        return t_logits, [feats[n] for n in self.t_bn]
 
     def feature_loss(self, s_feats, t_feats):
-        total = None
-        for conn, w, m, fs, ft in zip(self.adapters, self.layer_weights, self.margins, s_feats, t_feats, strict=True):
-            if fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
-                raise ValueError(f"OFD needs equal spatial sizes: student feature {tuple(fs.shape)}, "
-                                 f"teacher feature {tuple(ft.shape)}")
-            term = w * ofd_partial_l2(conn(fs), ft, m)
-            total = term if total is None else total + term
-        return total
-
-    def forward(self, x, y, ctx=None):
-        logits, s = capture_pre_relu(self.student, x, self.s_layers)
-        t_logits, t_feats = self.teacher_features(x, ctx)
-        losses = {}
-        if self.alpha < 1:
-            losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
-        if self.alpha > 0:
-            losses["loss_kd"] = self.alpha * kd_loss(logits, t_logits, self.temperature)
-        if self.beta > 0:
-            losses[self.term] = self.beta * self.feature_loss([s[n] for n in self.s_layers], t_feats)
-        return logits, losses
+        def term(conn, w, m, fs, ft):
+            check_same_size("OFD", fs, ft)
+            return w * ofd_partial_l2(conn(fs), ft, m)
+        return sum_terms(term(*args) for args in zip(self.adapters, self.layer_weights, self.margins, s_feats, t_feats,
+                                                      strict=True))
 
     def describe(self):
         return {**super().describe(), "layer_weights": list(self.layer_weights),

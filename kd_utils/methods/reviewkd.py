@@ -20,10 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_utils.feature_kd import FeatureDistiller, layer_names, probe_shapes
-from kd_utils.train_kd import DISTILLERS, StepContext, kd_loss
-
-_BN = nn.modules.batchnorm._BatchNorm
+from kd_utils.feature_kd import REFERENCE_LAYERS, FeatureDistiller, capture, pre_relu_layers, probe_shapes
+from kd_utils.train_kd import DISTILLERS, StepContext
 
 
 # ------------------------------------------------------------------- loss ----
@@ -102,60 +100,12 @@ class ABF(nn.Module):
 
 
 # ---------------------------------------------------------------- features ----
-class _Enough(Exception):
-    """Raised by a hook once every requested feature is captured: the rest of a no-grad pass is skipped."""
-
-
-def _preact_names(model: nn.Module, names: Sequence[str], side: str) -> list[str]:
-    """Each layer's last BatchNorm (its pre-ReLU output); a BatchNorm layer stands for itself."""
-    modules = dict(model.named_modules())
-    out = []
-    for name in names:
-        if not name or name not in modules:  # the shape probe reports unknown layers with the known ones
-            out.append(name)
-            continue
-        if isinstance(modules[name], _BN):
-            out.append(name)
-            continue
-        bns = [f"{name}.{sub}" for sub, m in modules[name].named_modules() if sub and isinstance(m, _BN)]
-        if not bns:
-            raise ValueError(f"{side}_preact: {side} layer {name!r} holds no BatchNorm whose output is its pre-ReLU "
-                             f"feature; name a BatchNorm layer or pass {side}_preact=False")
-        out.append(bns[-1])
-    return out
-
-
-def capture_cloned(model: nn.Module, x: torch.Tensor, names: Sequence[str], full: bool = True
-                   ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """``model(x)`` and a clone of each named layer's output, taken inside the hook (so a BatchNorm's
-    output is kept as it was before the in-place ReLU after it). ``full=False``: stop as soon as all
-    are captured (output ``None``)."""
-    modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules or not n]
-    if missing:
-        known = layer_names(model)
-        raise ValueError(f"{type(model).__name__} has no layer(s) {missing}; known layers: "
-                         f"{', '.join(known[:40])}{' ...' if len(known) > 40 else ''}")
-    wanted = set(names)
-    store: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str):
-        def hook(module, inputs, output):
-            store[name] = output.clone()
-            if not full and len(store) == len(wanted):
-                raise _Enough
-        return hook
-
-    handles = [modules[n].register_forward_hook(hook_for(n)) for n in wanted]
+def _pre_relu(model: nn.Module, names: Sequence[str], side: str) -> list[str]:
+    """Each layer's last BatchNorm (:func:`~kd_utils.feature_kd.pre_relu_layers`), for ``<side>_preact``."""
     try:
-        try:
-            out = model(x)
-        except _Enough:
-            out = None
-    finally:
-        for h in handles:
-            h.remove()
-    return out, store
+        return pre_relu_layers(model, names)
+    except ValueError as e:
+        raise ValueError(f"{side}_preact: {e} (or pass {side}_preact=False to read the layer's output)") from None
 
 
 def _as_map(pooled: torch.Tensor) -> torch.Tensor:
@@ -198,8 +148,9 @@ class ReviewKD(FeatureDistiller):
     """
     term = "loss_reviewkd"
     family = "reviewkd"
-    student_layers = ("stage2", "stage3", "stage4", "stage5")
-    teacher_layers = ("stage2", "stage3", "stage4", "stage5")
+    clone_features = True  # every level is read as a copy (the pre-ReLU ones must be)
+    student_layers = REFERENCE_LAYERS
+    teacher_layers = REFERENCE_LAYERS
 
     def __init__(self, student, teacher, *, beta: float = 5.0, warmup_epochs: int = 20,
                  pooled_layer: str | None = "stage5", mid_channels: int | None = None, max_mid_channels: int = 512,
@@ -224,18 +175,15 @@ class ReviewKD(FeatureDistiller):
         s_names = list(student_layers or self.student_layers)
         t_names = list(teacher_layers or self.teacher_layers)
         if self.student_preact:
-            s_names = _preact_names(student, s_names, "student")
+            s_names = _pre_relu(student, s_names, "student")
         if self.teacher_preact:
-            t_names = _preact_names(teacher, t_names, "teacher")
+            t_names = _pre_relu(teacher, t_names, "teacher")
         super().__init__(student, teacher, beta=beta, alpha=alpha, student_layers=s_names, teacher_layers=t_names,
                          input_shape=input_shape, **kw)
 
     # -- construction
     def make_adapters(self, s_shapes, t_shapes):
-        for n_s, n_t, s, t in zip(self.s_layers, self.t_layers, s_shapes, t_shapes):
-            if len(s) != 3 or len(t) != 3:
-                raise ValueError(f"ReviewKD: student layer {n_s!r} has shape {s} and teacher layer {n_t!r} has shape "
-                                 f"{t}; every level must be a (C, H, W) map")
+        self.check_maps(s_shapes, t_shapes, "ReviewKD", same_size=False, need="every level must be a (C, H, W) map")
         s_shapes, t_shapes = list(s_shapes), list(t_shapes)
         if self.pooled_layer is not None:
             (ps,) = probe_shapes(self.student, [self.pooled_layer], self._input_shape)
@@ -273,15 +221,11 @@ class ReviewKD(FeatureDistiller):
         return list(dict.fromkeys([*names, *([self.pooled_layer] if self.pooled_layer is not None else [])]))
 
     def student_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        logits, feats = capture_cloned(self.student, x, self._hooked(self.s_layers))
+        logits, feats = capture(self.student, x, self._hooked(self.s_layers), clone=self.clone_features)
         return logits, self._levels(feats, self.s_layers)
 
     def teacher_features(self, x: torch.Tensor, ctx: StepContext | None):
-        cached = {} if ctx is None else ctx.teacher
-        need_logits = self.alpha > 0 and "logits" not in cached
-        with torch.no_grad():
-            out, feats = capture_cloned(self.teacher, x, self._hooked(self.t_layers), full=need_logits)
-        t_logits = cached["logits"].float() if "logits" in cached else out
+        t_logits, feats = self._teacher_capture(x, ctx, self._hooked(self.t_layers))
         return t_logits, self._levels(feats, self.t_layers)
 
     def review(self, s_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -298,18 +242,6 @@ class ReviewKD(FeatureDistiller):
 
     def feature_loss(self, s_feats, t_feats):
         return hcl_loss(self.review(s_feats), t_feats)
-
-    def forward(self, x, y, ctx=None):
-        logits, s_feats = self.student_features(x)
-        t_logits, t_feats = self.teacher_features(x, ctx)
-        losses = {}
-        if self.alpha < 1:
-            losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
-        if self.alpha > 0:
-            losses["loss_kd"] = self.alpha * kd_loss(logits, t_logits, self.temperature)
-        if self.beta > 0:
-            losses[self.term] = self.loss_weight(ctx) * self.feature_loss(s_feats, t_feats)
-        return logits, losses
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "warmup_epochs": self.warmup_epochs, "pooled_layer": self.pooled_layer,

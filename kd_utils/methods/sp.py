@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..feature_kd import FeatureDistiller
+from ..feature_kd import FeatureDistiller, sum_terms
 from ..train_kd import DISTILLERS
 
 
@@ -24,15 +24,13 @@ def similarity_matrix(f: torch.Tensor) -> torch.Tensor:
 
 def sp_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """Sum over layer pairs of ``||G_t - G_s||_F^2 / B^2`` (RepDistiller's ``Similarity`` summed over its list)."""
-    total = None
-    for fs, ft in zip(student_feats, teacher_feats, strict=True):
+    def term(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
         if fs.shape[0] != ft.shape[0]:
             raise ValueError(f"SP needs the same samples on both sides: student {tuple(fs.shape)}, teacher "
                              f"{tuple(ft.shape)}")
         b = fs.shape[0]
-        term = (similarity_matrix(ft) - similarity_matrix(fs)).pow(2).sum() / (b * b)
-        total = term if total is None else total + term
-    return total
+        return (similarity_matrix(ft) - similarity_matrix(fs)).pow(2).sum() / (b * b)
+    return sum_terms(term(fs, ft) for fs, ft in zip(student_feats, teacher_feats, strict=True))
 
 
 class SP(FeatureDistiller):

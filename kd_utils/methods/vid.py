@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_utils.feature_kd import FeatureDistiller
+from kd_utils.feature_kd import REFERENCE_LAYERS, FeatureDistiller, check_same_size, sum_terms
 from kd_utils.train_kd import DISTILLERS
 
 
@@ -76,8 +76,8 @@ class VID(FeatureDistiller):
     """
     term = "loss_vid"
     family = "vid"
-    student_layers = ("stage2", "stage3", "stage4", "stage5")
-    teacher_layers = ("stage2", "stage3", "stage4", "stage5")
+    student_layers = REFERENCE_LAYERS
+    teacher_layers = REFERENCE_LAYERS
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float = 1.0, init_pred_var: float = 5.0,
                  eps: float = 1e-5, mid_channels: int | Sequence[int] | None = None, **kw: Any):
@@ -98,23 +98,15 @@ class VID(FeatureDistiller):
         if len(mids) != len(t_shapes) or not all(isinstance(m, int) and m >= 1 for m in mids):
             raise ValueError(f"mid_channels must be None, an int >= 1 or one int >= 1 per layer pair "
                              f"({len(t_shapes)}), got {self.mid_channels!r}")
-        regs = []
-        for n_s, n_t, s, t, mid in zip(self.s_layers, self.t_layers, s_shapes, t_shapes, mids):
-            if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
-                raise ValueError(f"VID: student layer {n_s!r} has shape {s} and teacher layer {n_t!r} has shape {t}; "
-                                 "both must be (C, H, W) with equal H and W")
-            regs.append(VIDRegressor(s[0], mid, t[0], self.init_pred_var, self.eps))
-        return nn.ModuleList(regs)
+        self.check_maps(s_shapes, t_shapes, "VID")
+        return nn.ModuleList([VIDRegressor(s[0], mid, t[0], self.init_pred_var, self.eps)
+                              for s, t, mid in zip(s_shapes, t_shapes, mids)])
 
     def feature_loss(self, s_feats, t_feats):
-        total = None
-        for reg, fs, ft in zip(self.adapters, s_feats, t_feats, strict=True):
-            if fs.shape[0] != ft.shape[0] or fs.shape[2:] != ft.shape[2:]:
-                raise ValueError(f"VID needs equal spatial sizes: student feature {tuple(fs.shape)}, "
-                                 f"teacher feature {tuple(ft.shape)}")
-            term = gaussian_nll(reg(fs), reg.variance(), ft)
-            total = term if total is None else total + term
-        return total
+        def term(reg, fs, ft):
+            check_same_size("VID", fs, ft)
+            return gaussian_nll(reg(fs), reg.variance(), ft)
+        return sum_terms(term(reg, fs, ft) for reg, fs, ft in zip(self.adapters, s_feats, t_feats, strict=True))
 
     def describe(self):
         return {**super().describe(), "init_pred_var": self.init_pred_var, "eps": self.eps,
