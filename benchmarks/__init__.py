@@ -30,10 +30,12 @@ Figures (``--list`` prints them):
 - ``cost_scaling_width``            log-log slope of VGG-8 step time vs width multiplier
 - ``k_students_shared_teacher``     3 separate online-KD runs / 3 students sharing one teacher pass
 - ``batch_crop_speedup``            old 4-D-indexing crop / gather crop (an optimisation, shown as its gain)
+- ``method_epoch_cost``             every method's epoch through ``distill``/``fit`` / a CE epoch, one plan
+- ``sweep_throughput``              4 short runs in sequence (2 threads) / the same 4 on a 2-worker pool
 
 Layout: :mod:`~benchmarks.core` (timing helpers, :class:`Figure`, :class:`Sizes`, :class:`Bench`, the
 shared building blocks), one module per group of figures (``pipeline``, ``kd``, ``augmented``,
-``precision``, ``scaling``, ``accuracy``, ``crop``), ``registry`` (:data:`FIGURES`), ``report``
+``precision``, ``scaling``, ``accuracy``, ``crop``, ``methods``, ``sweep``), ``registry`` (:data:`FIGURES`), ``report``
 (:func:`render_markdown`) and ``runner`` (:func:`run`, :func:`main`).
 """
 from __future__ import annotations

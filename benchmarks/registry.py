@@ -12,6 +12,7 @@ from .methods import fig_method_epoch_cost
 from .pipeline import fig_input_pipeline_share_vgg8, fig_input_pipeline_speedup_mlp
 from .precision import fig_bf16_speedup_vgg, fig_compile_speedup_vgg8, fig_compile_speedup_vgg13
 from .scaling import fig_cost_scaling_data, fig_cost_scaling_width, fig_hardware_utilisation_vgg
+from .sweep import fig_sweep_throughput
 FIGURES: dict[str, Callable[[Bench], Figure]] = {
     "input_pipeline_speedup_mlp": fig_input_pipeline_speedup_mlp,
     "input_pipeline_share_vgg8": fig_input_pipeline_share_vgg8,
@@ -31,4 +32,5 @@ FIGURES: dict[str, Callable[[Bench], Figure]] = {
     "k_students_shared_teacher": fig_k_students_shared_teacher,
     "batch_crop_speedup": fig_batch_crop_speedup,
     "method_epoch_cost": fig_method_epoch_cost,
+    "sweep_throughput": fig_sweep_throughput,
 }

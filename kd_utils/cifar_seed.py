@@ -54,7 +54,7 @@ def distill_students(out: str | Path, dataset: str = "cifar10", epochs: int | No
     out = Path(out)
     if not (out / TEACHER_FILE).is_file():
         raise CheckpointError(f"no teacher checkpoint at {out / TEACHER_FILE}: train one first with "
-                              f"`python -m kd_utils train-teacher --out {out}` (or pass --train-teacher)")
+                              f"kd_utils.cifar_seed.train_teacher({str(out)!r}, {dataset!r}, profile={profile!r})")
     teacher = load_model(out / TEACHER_FILE)
     prof, over = _config(profile, epochs, batch_size, seed, device)
     data = get_data(dataset, **prof.data_kwargs())

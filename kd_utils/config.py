@@ -70,7 +70,8 @@ class TrainConfig:
                f"grad_clip must be None or a finite number > 0, got {self.grad_clip}")
         _check(self.augment in AUGMENTS, f"unknown augment {self.augment!r}; allowed: {AUGMENTS}")
         _check(self.precision in ("auto", "fp32", "bf16"),
-               f"unknown precision {self.precision!r}; allowed: auto, fp32, bf16")
+               f"unknown precision {self.precision!r}; allowed: auto, fp32, bf16 ($KD_PRECISION overrides auto)"
+               + ("; fp16 is not supported: the training loop has no loss scaling" if self.precision == "fp16" else ""))
         _check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be an int >= 0, got {self.seed!r}")
         _check(self.data_seed is None or (isinstance(self.data_seed, int) and self.data_seed >= 0),
                f"data_seed must be None or an int >= 0, got {self.data_seed!r}")
@@ -222,11 +223,15 @@ def output_dirs(profile: str | Profile | None = None, root: str | os.PathLike | 
 
     The default profile (``cpu``) writes the suite's reference findings at the top level; any other
     profile writes under ``<profile>/`` subfolders so a smoke or GPU run never overwrites them.
-    ``root`` defaults to ``$KD_OUTPUT_ROOT`` or the current directory.
+    ``root`` defaults to ``$KD_OUTPUT_ROOT``, else the suite's root (``$KD_HOME``, else the checkout
+    holding the current directory, else the package's checkout, else the current directory; see
+    :mod:`kd_utils.locations`).
     """
     from pathlib import Path
+
+    from .locations import output_root
     name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
-    base = Path(root if root is not None else os.environ.get("KD_OUTPUT_ROOT", "."))
+    base = Path(root) if root is not None else output_root()
     sub = "" if name == DEFAULT_PROFILE else name
     dirs = {"models": base / "models" / sub, "results": base / "results" / sub}
     dirs.update({k: dirs["results"] / k for k in ("metrics", "predictions", "plots")})

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import metrics, numerics, runs
+from . import locks, metrics, numerics, runs
 from .checkpoint import CheckpointError
 from .config import Profile, TrainConfig, get_profile, output_dirs
 from .plans import AugmentationPlan, data_fingerprint, teacher_digest, teacher_outputs
@@ -61,7 +61,55 @@ def distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, m
     the outputs for every batch of the run's augmentation plan (computed once, reused by every run
     that replays the same plan). ``cache=False`` runs the teacher on every batch.
     ``result.config["teacher_outputs"]`` says which was used.
+
+    The caller's ``teacher`` is handed back as it was: training freezes it (``requires_grad=False``,
+    eval mode) and may move it to the training device and to channels-last memory format; each
+    parameter's ``requires_grad``, each module's train/eval mode, the memory format and the device
+    are restored when ``distill`` returns or fails.
     """
+    saved = _module_state(teacher)
+    try:
+        return _distill(student, teacher, data, cfg, method=method, cache=cache, cache_dir=cache_dir, **kwargs)
+    finally:
+        _restore_module_state(teacher, saved)
+
+
+def _module_state(model: nn.Module | None) -> dict[str, Any] | None:
+    """What training may change on a frozen module: requires_grad, train/eval modes, memory formats, device."""
+    if model is None:
+        return None
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    formats = {k: t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+               for k, t in tensors.items() if t.dim() == 4}
+    first = next(iter(tensors.values()), None)
+    return {"grad": {k: p.requires_grad for k, p in model.named_parameters()},
+            "training": {k: m.training for k, m in model.named_modules()}, "channels_last": formats,
+            "device": None if first is None else first.device}
+
+
+def _restore_module_state(model: nn.Module | None, saved: dict[str, Any] | None) -> None:
+    if model is None or saved is None:
+        return
+    if saved["device"] is not None:
+        model.to(saved["device"])
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    with torch.no_grad():
+        for k, was_cl in saved["channels_last"].items():
+            t = tensors.get(k)
+            if t is not None:
+                t.data = t.data.contiguous(memory_format=torch.channels_last if was_cl else torch.contiguous_format)
+    for k, p in model.named_parameters():
+        if k in saved["grad"]:
+            p.requires_grad_(saved["grad"][k])
+    for k, m in model.named_modules():
+        if k in saved["training"]:
+            m.training = saved["training"][k]
+
+
+def _distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, method: str = "kd",
+             cache: bool | None = None, cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> FitResult:
     fit_keys = {"progress", "checkpoint_path", "desc", "restore_best", "state_path", "resume", "stop_after"}
     fit_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_keys}
     distiller = build_distiller(method, student, teacher, **kwargs)
@@ -149,6 +197,7 @@ def run_spec(student: dict, data, cfg: TrainConfig, method: str, method_kwargs: 
     It holds what can change the run's numbers: model, method and hyper-parameters, training config,
     data, teacher checksum, augmentation plan, and the numerics versions of the code families the run
     uses (:mod:`kd_utils.numerics`) -- not the source of plots, analysis, the CLI or docstrings."""
+    student = student_spec(student)
     if method not in DISTILLERS:
         raise ValueError(f"unknown distillation method {method!r}; known: {', '.join(DISTILLERS)}")
     return {"student": dict(student), "method": method, "method_kwargs": dict(sorted(method_kwargs.items())),
@@ -156,6 +205,38 @@ def run_spec(student: dict, data, cfg: TrainConfig, method: str, method_kwargs: 
             "teacher_sha256": teacher_digest(teacher) if teacher is not None else None,
             "plan": {"seed": cfg.plan_seed, "augment": cfg.augment},
             "numerics": numerics.versions_for(DISTILLERS[method], teacher is not None)}
+
+
+def student_spec(student: Any) -> dict:
+    """``student`` if it is a model spec (``{"name": <registered model>, **constructor kwargs}``); else a
+    ``TypeError`` that says what a spec is and how to register a model. A module instance is refused:
+    a stored run is keyed on, and rebuilt from, its spec, and its initial weights come from seeding
+    with ``cfg.seed`` -- an instance's own weights and class could not be keyed or rebuilt reliably."""
+    from .models import MODELS
+    if isinstance(student, dict) and isinstance(student.get("name"), str):
+        return student
+    example = '{"name": "vgg8", "width": 0.25}'
+    if isinstance(student, nn.Module):
+        arch = getattr(student, "arch", None)
+        if isinstance(arch, dict) and "name" in arch:  # built by build_model: its spec is known
+            kw = {k: v for k, v in arch.get("kwargs", {}).items() if k != "num_classes"}
+            example = repr({"name": arch["name"], **kw}).replace("'", '"')
+            how = f"this {type(student).__name__} was built by build_model, so pass its spec: {example}"
+        else:
+            how = (f"to use your own {type(student).__name__} class, register it once, e.g. "
+                   f"`@register_model(\"{type(student).__name__.lower()}\")` above its definition "
+                   "(from kd_utils.models import register_model; its __init__ takes num_classes and your own "
+                   f"keyword arguments), then pass {{\"name\": \"{type(student).__name__.lower()}\", ...}}")
+        raise TypeError(f"run_experiment needs a model spec, not a {type(student).__name__} instance: a spec is a "
+                        f"dict {{\"name\": <registered model name>, **constructor keyword arguments}}, e.g. "
+                        f"{{\"name\": \"vgg8\", \"width\": 0.25}}; the run builds it after seeding with cfg.seed, "
+                        f"so the spec and seed key the stored run and fix its initial weights. {how[0].upper() + how[1:]}. "
+                        f"Registered now: {', '.join(sorted(MODELS))}")
+    if isinstance(student, dict):
+        raise TypeError(f"model spec {student!r} has no 'name': a spec is {example} (a registered model name and "
+                        "its constructor keyword arguments)")
+    raise TypeError(f"student must be a model spec such as {example} (a registered model name and its constructor "
+                    f"keyword arguments), got {type(student).__name__}")
 
 
 def spec_key(spec: dict) -> str:
@@ -288,38 +369,48 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         raise runs.RunError(f"run {name!r} cannot be replayed: {runs.explain_mismatch(name, spec, order)}; "
                             f"re-execute {os.environ.get(runs.NOTEBOOK_ENV) or 'the notebook that makes it'} "
                             "with `make run FRESH=1`")
-    # A long run killed part-way (a session's end) continues from its last epoch next time it is asked for.
-    state = places["training"] / "_state" / f"{runs.folder_name(name, key)}.pth"
-    if mode == "fresh":  # retrain means from the first epoch
-        state.unlink(missing_ok=True)
-    done_before = _epochs_in_state(state)
-    t0 = time.perf_counter()
-    model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs, state)
-    wall = time.perf_counter() - t0
-    earlier_s = float(res.history["time_s"].iloc[:done_before].sum()) if done_before else 0.0
-    runs.round_weights(model.cpu()).eval()
-    logits = {"test": predict(model, data.loader("test", batch_size=1024), cfg.device, EVAL_PRECISION)[0],
-              "val": (predict(model, data.loader("val", batch_size=1024), cfg.device, EVAL_PRECISION)[0]
-                      if len(data.y_val) else None)}
-    logits = {k: None if v is None else v.to(runs.LOGITS_DTYPE) for k, v in logits.items()}
-    m = {**logits_metrics(logits["test"], data.y_test), "best_epoch": res.best_epoch,
-         "best_val_acc": res.best_val_acc, "train_time_s": res.wall_time_s + earlier_s, "wall_time_s": wall + earlier_s,
-         "epoch_time_s": float(res.history["time_s"].mean()), "precision": res.config["precision_used"],
-         "teacher_outputs": res.config["teacher_outputs"], "extra_parameters": res.config.get("extra_parameters", 0),
-         "stage1_time_s": res.config.get("stage1_time_s", 0.0),
-         **({"resumed_after_epoch": done_before} if done_before else {})}
-    record = {"format": runs.FORMAT, "name": name, "key": key, "spec": spec, "metrics": m,
-              "session": runs.session_id(), "weights": True, "provenance": runs.provenance()}
-    folder = places["training"] / runs.folder_name(name, key)
-    runs.write_run(folder, record, res.history, logits, model)
-    state.unlink(missing_ok=True)  # the record is written: the run will never resume again
-    if progress:
-        print(f"[trained] {name}: test accuracy {m['test_accuracy']:.4f} in {wall:.0f} s ({res.config['teacher_outputs']})")
-    runs.note_use(prof, folder, keep_weights, root)
-    run = Run(name, res.history, _with_teacher(m, logits["test"], teacher, data, cfg), False, folder, spec, record,
-              model, None, logits)
-    RUNS_USED.append(run)
-    return run
+    # One process at a time trains this run (a sweep's workers, two notebooks): the others wait here, then
+    # reuse its record; a lock left by a process that died is taken over (kd_utils.locks).
+    lock = locks.FileLock(places["training"] / "_locks" / f"{runs.folder_name(name, key)}.lock", what=f"run {name}",
+                          notify=print if progress else None)
+    with lock:
+        if runs.find(name, key, [places["training"]]) is not None and (found is None or lock.waited):
+            lock.release()  # another process stored it meanwhile: take it as any stored run
+            return run_experiment(name, student, data, cfg, method=method, teacher=teacher, profile=prof, mode=mode,
+                                  progress=progress, root=root, stop_after=stop_after, keep_weights=keep_weights,
+                                  **method_kwargs)
+        # A long run killed part-way (a session's end) continues from its last epoch next time it is asked for.
+        state = places["training"] / "_state" / f"{runs.folder_name(name, key)}.pth"
+        if mode == "fresh":  # retrain means from the first epoch
+            state.unlink(missing_ok=True)
+        done_before = _epochs_in_state(state)
+        t0 = time.perf_counter()
+        model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs, state)
+        wall = time.perf_counter() - t0
+        earlier_s = float(res.history["time_s"].iloc[:done_before].sum()) if done_before else 0.0
+        runs.round_weights(model.cpu()).eval()
+        logits = {"test": predict(model, data.loader("test", batch_size=1024), cfg.device, EVAL_PRECISION)[0],
+                  "val": (predict(model, data.loader("val", batch_size=1024), cfg.device, EVAL_PRECISION)[0]
+                          if len(data.y_val) else None)}
+        logits = {k: None if v is None else v.to(runs.LOGITS_DTYPE) for k, v in logits.items()}
+        m = {**logits_metrics(logits["test"], data.y_test), "best_epoch": res.best_epoch,
+             "best_val_acc": res.best_val_acc, "train_time_s": res.wall_time_s + earlier_s, "wall_time_s": wall + earlier_s,
+             "epoch_time_s": float(res.history["time_s"].mean()), "precision": res.config["precision_used"],
+             "teacher_outputs": res.config["teacher_outputs"], "extra_parameters": res.config.get("extra_parameters", 0),
+             "stage1_time_s": res.config.get("stage1_time_s", 0.0),
+             **({"resumed_after_epoch": done_before} if done_before else {})}
+        record = {"format": runs.FORMAT, "name": name, "key": key, "spec": spec, "metrics": m,
+                  "session": runs.session_id(), "weights": True, "provenance": runs.provenance()}
+        folder = places["training"] / runs.folder_name(name, key)
+        runs.write_run(folder, record, res.history, logits, model)
+        state.unlink(missing_ok=True)  # the record is written: the run will never resume again
+        if progress:
+            print(f"[trained] {name}: test accuracy {m['test_accuracy']:.4f} in {wall:.0f} s ({res.config['teacher_outputs']})")
+        runs.note_use(prof, folder, keep_weights, root)
+        run = Run(name, res.history, _with_teacher(m, logits["test"], teacher, data, cfg), False, folder, spec, record,
+                  model, None, logits)
+        RUNS_USED.append(run)
+        return run
 
 
 def _epochs_in_state(path: Path) -> int:

@@ -65,6 +65,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+class OutputFolderError(OSError):
+    """An output folder that cannot take our files. ``cli_hint`` is what the command line adds (its
+    ``--out`` flag); Python callers see only the message."""
+    cli_hint = "choose another with --out"
+
+
 def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
     """Fail early, with a clear message, when ``folder`` cannot take our files: not creatable,
     read-only, or with less than ``need_bytes`` (plus a 16 MB margin) free."""
@@ -76,10 +82,11 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OSError(f"output folder {folder} is not writable ({e.strerror or e}); choose another with --out "
-                      "or fix its permissions") from None
+        raise OutputFolderError(f"output folder {folder} is not writable ({e.strerror or e}); write somewhere else "
+                                "or fix its permissions") from None
     free = shutil.disk_usage(folder).free
     if free < need_bytes + 16 * 2**20:
-        raise OSError(f"output folder {folder} has {free / 2**20:.0f} MB free but about "
-                      f"{(need_bytes + 16 * 2**20) / 2**20:.0f} MB are needed; free some space or choose another --out")
+        raise OutputFolderError(f"output folder {folder} has {free / 2**20:.0f} MB free but about "
+                                f"{(need_bytes + 16 * 2**20) / 2**20:.0f} MB are needed; free some space or write "
+                                "somewhere else")
     return folder

@@ -68,6 +68,10 @@ def run_notebooks(profile: str | None = None, names: list[str] | None = None, ro
     if mode == "replay":
         _, skipped = runs.replayable(names, prof, root)
     env = {"KD_PROFILE": prof.name, runs.MODE_ENV: mode, runs.SESSION_ENV: uuid.uuid4().hex[:12]}
+    if mode != "replay" and not os.environ.get("KD_TRAIN_TEACHER"):
+        # an execution that trains was asked for: a missing shared teacher is trained (its estimate printed
+        # in the notebook) instead of refused, as cifar_teacher() does from a plain Python call
+        env["KD_TRAIN_TEACHER"] = "1"
     if mode == "replay":  # a replay writes its results, plots and models to a scratch tree, never over the findings
         env.update({"KD_OUTPUT_ROOT": str((root / "results" / "replay").resolve()),
                     runs.REFERENCE_ENV: str(runs.stores(prof, root)["reference"].resolve())})

@@ -242,15 +242,28 @@ def run_pipeline(dataset: str = "mnist", epochs: int | None = None, batch_size: 
                  temperature: float = SEED_CONFIG["temperature"], alpha: float = SEED_CONFIG["alpha"],
                  lr: float = SEED_CONFIG["lr"], teacher_arch: str = "mnist_cnn", student_arch: str = "mnist_mlp",
                  seed: int = 0, profile: str | None = None, out: str | Path | None = None,
-                 data_root: str | Path | None = None, progress: bool = True, resume: bool = False) -> PipelineResult:
+                 data_root: str | Path | None = None, progress: bool = True, resume: bool = False,
+                 verbose: bool = True) -> PipelineResult:
     """The seven steps of the seed pipeline, end to end. Each training run keeps its per-epoch state
-    in ``models/training_state/``; ``resume=True`` continues interrupted runs from there."""
+    in ``models/training_state/``; ``resume=True`` continues interrupted runs from there.
+
+    Every argument is checked before anything is trained or any folder created (both architectures
+    must be registered and take the data set's images). ``progress`` shows progress bars; ``verbose``
+    prints the test accuracies (independently of ``progress``)."""
+    from .data import dataset_info
+    from .models import check_model
     KDConfig(temperature, alpha)
     prof = get_profile(profile)
+    info = dataset_info(dataset)
+    for role, arch in (("teacher_arch", teacher_arch), ("student_arch", student_arch)):
+        try:
+            check_model(arch, num_classes=info["num_classes"], shape=info["shape"])
+        except ValueError as e:
+            raise ValueError(f"{role}={arch!r}: {e}") from None
     epochs = epochs or prof.train("mnist_seed").epochs
     start = time.perf_counter()
-    dirs = initialize_directories(prof.name, root=out)
-    state_dir = dirs["models"] / "training_state"
+    dirs = output_dirs(prof.name, root=out, create=False)  # created once there is something to write
+    state_dir = Path(dirs["models"]) / "training_state"
     train_loader, val_loader, test_loader, train_set, val_set, _ = load_and_split_data(
         dataset, batch_size, test_size, random_state, prof.name, data_root)
     bundle = train_loader.bundle
@@ -262,12 +275,12 @@ def run_pipeline(dataset: str = "mnist", epochs: int | None = None, batch_size: 
                                      progress=progress, state_dir=state_dir, resume=resume)
     models = {"teacher": teacher, "student_regular": reg, "student_distilled": dist}
     histories = {"teacher": teacher.fit_result.history, **hist}
-    results = evaluate_all_models(teacher, reg, dist, test_loader, verbose=progress)
+    from .distributed import is_main
+    results = evaluate_all_models(teacher, reg, dist, test_loader, verbose=verbose and is_main())  # once, by rank 0
     cost = cost_table(models, bundle)
     config = {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "test_size": test_size,
               "random_state": random_state, "temperature": temperature, "alpha": alpha, "lr": lr,
               "teacher_arch": teacher_arch, "student_arch": student_arch, "seed": seed, "profile": prof.name}
-    from .distributed import is_main
-    files = save_and_visualize_results(models, histories, results, bundle, dirs, config=config, cost=cost) \
-        if is_main() else []
+    files = save_and_visualize_results(models, histories, results, bundle, initialize_directories(prof.name, root=out),
+                                       config=config, cost=cost) if is_main() else []
     return PipelineResult(models, histories, results, cost, files, time.perf_counter() - start)

@@ -108,7 +108,8 @@ def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_l
 
     ``embed_layer``: also keep that layer's output, global-average-pooled to one vector per sample
     (for methods that need a small teacher embedding). A corrupt or foreign cache file is reported
-    and rebuilt.
+    and rebuilt. Several processes asking for one entry at once build it once (a lock file beside
+    it, :mod:`kd_utils.locks`): the others wait and read it.
     """
     from .runtime import resolve_device, resolve_precision
     dev = resolve_device(device)
@@ -116,13 +117,23 @@ def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_l
     key, fields = cache_key(teacher, data, plan, embed_layer, dev, prec)
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{data.name}-plan{plan.seed}-e{plan.epochs}-{key[:16]}.pt"
-    if path.exists():
+    existed = path.exists()
+    if existed:
         try:
             return _read(path, key)
         except ValueError as e:
             warnings.warn(f"rebuilding the teacher-output cache: {e}", stacklevel=2)
-    logits, embedding = _compute(teacher, data, plan, embed_layer, dev, prec, progress)
-    _write(path, key, fields, logits, embedding)
+    from .locks import FileLock
+    # one process builds an entry; the others (a sweep's workers on the same plan) wait, then read it
+    with FileLock(path.with_name(path.name + ".lock"), what=f"teacher outputs {path.name}",
+                  notify=print if progress else None) as lock:
+        if path.exists() and (lock.waited or not existed):
+            try:
+                return _read(path, key)
+            except ValueError as e:
+                warnings.warn(f"rebuilding the teacher-output cache: {e}", stacklevel=2)
+        logits, embedding = _compute(teacher, data, plan, embed_layer, dev, prec, progress)
+        _write(path, key, fields, logits, embedding)
     return TeacherOutputs(logits, embedding, path, key, built=True)
 
 

@@ -22,7 +22,98 @@ __all__ = [
     "latency",
     "profile_model",
     "compare_models",
+    "estimate_training_s",
+    "format_duration",
+    "describe_estimate",
 ]
+
+LONG_TRAINING_S = 300.0  # "more than a few minutes": a training above this is announced, or refused unasked
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``7 min`` or ``2.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_training_s(model: nn.Module, input_shape: Sequence[int], cfg, n_train: int, n_val: int = 0,
+                        num_classes: int | None = None, steps: int = 2,
+                        bound_s: float = LONG_TRAINING_S) -> dict[str, Any]:
+    """How long ``fit(model, data, cfg)`` would take on this machine, measured before it starts:
+    training steps (cross-entropy, ``cfg``'s optimiser, batch size, device and precision, channels-last
+    for conv nets) and one evaluation pass are timed on a batch of random images of ``input_shape``,
+    then scaled to ``cfg.epochs`` epochs of ``n_train`` training and ``n_val`` validation images.
+
+    The first step includes one-off set-up, so it is an upper bound: when it already puts the whole
+    training under ``bound_s``, nothing more is timed (``"upper_bound": True``); else ``steps`` more
+    steps are. Data loading, augmentation and teacher passes are not included (in-memory batches cost
+    a few percent of a step, BENCHMARKS.md). The model is trained on random data: pass a throw-away
+    instance. Returns ``{"seconds", "step_s", "steps_per_epoch", "epochs", "train_images", "device",
+    "precision", "upper_bound", "text"}``; ``text`` is a one-line summary."""
+    import math
+
+    import torch.nn.functional as F
+
+    from .runtime import autocast, resolve_device, resolve_precision
+    from .train_eval import make_optimizer, uses_channels_last
+    shape = _check_input_shape(input_shape)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    model = model.to(device)
+    batch = max(1, min(cfg.batch_size, n_train))
+    x = torch.randn(batch, *shape, device=device)
+    if uses_channels_last(model) and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    k = num_classes
+
+    def step() -> None:
+        nonlocal k
+        with autocast(device, precision):
+            out = model(x).float()
+        k = k or out.shape[1]
+        loss = F.cross_entropy(out, torch.randint(0, k, (batch,), device=device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def forward() -> None:
+        with torch.no_grad(), autocast(device, precision):
+            model(x)
+
+    def timed(fn, n: int = 1) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - t0) / n
+
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    val_batches = math.ceil(n_val / batch) if n_val else 0
+    model.train()
+    step_s = timed(step)   # includes one-off set-up: an upper bound
+    eval_s = step_s / 2    # a forward pass costs about a third of a training step: bounded above by half
+    upper = cfg.epochs * (steps_per_epoch * step_s + val_batches * eval_s) <= bound_s
+    if not upper:
+        step_s = timed(step, max(1, steps))
+        model.eval()
+        eval_s = timed(forward)
+    seconds = cfg.epochs * (steps_per_epoch * step_s + val_batches * eval_s)
+    est = {"seconds": seconds, "step_s": step_s, "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs,
+           "train_images": n_train, "device": str(device), "precision": precision, "upper_bound": upper}
+    return {**est, "text": describe_estimate(est)}
+
+
+def describe_estimate(est: Mapping[str, Any]) -> str:
+    """One line from :func:`estimate_training_s`'s numbers."""
+    return (f"estimated {'at most ' if est.get('upper_bound') else ''}{format_duration(est['seconds'])} on this "
+            f"machine ({est['epochs']} epoch(s) x {est['steps_per_epoch']} steps of {est['step_s']:.2f} s measured, "
+            f"{est['device']}, {est['precision']})")
 
 
 def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:

@@ -6,12 +6,36 @@ import functools
 import os
 import platform
 import random
+import time
+import warnings
 from typing import Iterator
 
 import numpy as np
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_ENV = "KD_PRECISION"  # overrides precision="auto" everywhere (python -m kd_utils ... --precision)
+_FP16 = ("fp16 is not supported: the training loop has no loss scaling (GradScaler), without which small fp16 "
+         "gradients underflow to zero; use bf16 or fp32")
+
+
+def check_precision(value: str, source: str = "precision") -> str:
+    """``value`` if it is one of :data:`PRECISIONS`, else ``ValueError`` naming ``source`` and the allowed values."""
+    if value not in PRECISIONS:
+        raise ValueError(f"unknown {source} {value!r}; allowed: {', '.join(PRECISIONS)}"
+                         + (f" ({_FP16})" if value == "fp16" else ""))
+    return value
+
+
+def precision_override() -> str | None:
+    """``$KD_PRECISION`` (``fp32`` or ``bf16``), which replaces ``precision="auto"`` wherever it is
+    resolved (training, cached teacher outputs, any ``predict(..., precision="auto")``); None when unset
+    or ``auto``. Explicit precisions (evaluation's ``"fp32"``) are left as they are."""
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if not value:
+        return None
+    check_precision(value, f"${PRECISION_ENV} value")
+    return None if value == "auto" else value
 
 
 def seed_everything(seed: int) -> None:
@@ -52,9 +76,15 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA and on CPUs with bf16 units, else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+    """``auto`` -> ``$KD_PRECISION`` when set, else bf16 on CUDA and on CPUs with bf16 units, else fp32."""
+    check_precision(precision)
+    if precision == "auto":
+        forced = precision_override()
+        if forced == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"${PRECISION_ENV}=bf16 but this GPU ({torch.cuda.get_device_name(device)}) has no bf16 "
+                             "support; use fp32")
+        if forced is not None:
+            return forced
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -70,6 +100,52 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+class BusyMachineWarning(UserWarning):
+    """Training starts while other processes keep the CPU cores busy."""
+
+
+def machine_load() -> tuple[float, int] | None:
+    """(1-minute load average, usable cores), or None where the OS reports no load average."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return float(load), int(cores)
+
+
+BUSY_REPEAT_S = 600.0  # a process warns at most once in this many seconds (a notebook starts many runs)
+_last_busy_warning = -float("inf")
+
+
+def warn_if_busy(device: torch.device | str = "cpu") -> str | None:
+    """Warn (:class:`BusyMachineWarning`) when a CPU training starts on a busy machine: the 1-minute
+    load average above the number of cores means other processes want more CPU than there is, so this
+    training gets only a share of the cores. Returns the message, or None when the machine is not busy
+    (or the device is a GPU, the OS reports no load, or this process warned less than
+    :data:`BUSY_REPEAT_S` ago)."""
+    global _last_busy_warning
+    if torch.device(device).type != "cpu":
+        return None
+    got = machine_load()
+    if got is None or got[0] <= got[1]:
+        return None
+    now = time.monotonic()
+    if now - _last_busy_warning < BUSY_REPEAT_S:
+        return None
+    _last_busy_warning = now
+    load, cores = got
+    msg = (f"this machine is busy: its 1-minute load average is {load:.1f}, above its {cores} core(s), so other "
+           f"processes are competing for the CPU. This training ({torch.get_num_threads()} thread(s)) will get only "
+           "a share of the cores and run slower than on an idle machine, and its epoch times will not be comparable "
+           "with an idle run's. Wait for the other work to finish, or expect longer times.")
+    warnings.warn(msg, BusyMachineWarning, stacklevel=3)
+    return msg
 
 
 def versions() -> dict[str, str]:

@@ -10,6 +10,14 @@ specification (architecture, recipe, data) equals the one the profile asks for n
 trained with :func:`train_teacher` and saved under ``models/<profile>/``. ``retrain=True`` (or
 ``KD_RETRAIN_TEACHER=1``) trains it from scratch with the same function.
 
+No long training starts unasked: before training, the time it will take on this machine is estimated
+from one to three timed training steps (:func:`estimate_training_s`) and printed; a training estimated above :data:`LONG_TRAINING_S` (5
+minutes) is refused with :class:`TeacherNotFound`, which says where the teacher was looked for, why
+each candidate was not used and the estimate, unless ``train=True`` or ``KD_TRAIN_TEACHER=1`` asks for
+it (``train=False`` / ``KD_TRAIN_TEACHER=0`` never trains; ``retrain=True`` is a request to train).
+Committed teachers are looked for under the suite's root (``<root>/teachers``, see
+:mod:`kd_utils.locations`) and in the checkout the package was installed from.
+
 The CIFAR-10 teacher keeps the best validation epoch of a 45,000 / 5,000 split; the Hinton teacher
 follows the paper's protocol: its recipe was chosen on the 54,000 / 6,000 split, then it trains on all
 60,000 images for a fixed number of epochs and the last epoch is kept (no test-set selection).
@@ -26,10 +34,19 @@ from torch import nn
 from .checkpoint import CheckpointError, _plain, load_checkpoint, load_weights, save_checkpoint
 from .config import Profile, get_profile, output_dirs
 from .models import build_model
+from .profiling import LONG_TRAINING_S  # a training estimated above it (5 minutes) needs train=True
 from .runs import RunError, run_mode
 
-# Committed reference teachers live beside the notebooks (the top-level models/ folder is ignored).
+# Committed reference teachers live beside the notebooks (the top-level models/ folder is ignored): in the
+# checkout this package is imported from; reference_dirs() adds the suite's root and an install's checkout.
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "teachers"
+TRAIN_ENV = "KD_TRAIN_TEACHER"
+
+
+class TeacherNotFound(RuntimeError):
+    """No stored teacher matches, and training one was not asked for (or was refused)."""
+
+
 # kind -> data set, validation share of its training set, profile model role (or fixed architecture), recipe
 KINDS: dict[str, dict[str, Any]] = {
     "cifar": {"dataset": "cifar10", "val_fraction": 0.1, "role": "cifar_teacher", "recipe": "cifar_teacher"},
@@ -62,12 +79,21 @@ def teacher_filename(profile: str | Profile | None = None, kind: str = "cifar") 
     return f"{spec['dataset']}_{spec['arch']['name']}_w{width:g}.pt"
 
 
+def reference_dirs() -> list[Path]:
+    """Where committed reference teachers are looked for, in order: ``<root>/teachers`` (the suite's
+    root, :func:`kd_utils.locations.home`), the imported package's checkout, the checkout a plain
+    ``pip install <folder>`` was made from."""
+    from .locations import reference_teacher_dirs
+    dirs = reference_teacher_dirs()
+    return dirs + ([REFERENCE_DIR] if REFERENCE_DIR.resolve() not in dirs else [])
+
+
 def candidate_paths(profile: str | Profile | None = None, root: str | os.PathLike | None = None,
                     kind: str = "cifar") -> list[Path]:
-    """Where a ready teacher may be, in order: the committed reference (cpu profile), then models/."""
+    """Where a ready teacher may be, in order: the committed references (cpu profile), then models/."""
     prof = _profile(profile)
     name = teacher_filename(prof, kind)
-    paths = [REFERENCE_DIR / name] if prof.name == "cpu" else []
+    paths = [d / name for d in reference_dirs()] if prof.name == "cpu" else []
     return paths + [output_dirs(prof, root=root, create=False)["models"] / name]
 
 
@@ -93,8 +119,36 @@ def _matches(path: Path, spec: dict) -> tuple[bool, str]:
     return True, ""
 
 
+def _env_switch(name: str) -> bool | None:
+    """An on/off environment variable: True, False, or None when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"${name}={value!r}: expected 1 or 0")
+
+
+def estimate_training_s(kind: str = "cifar", profile: str | Profile | None = None, steps: int = 2) -> dict[str, Any]:
+    """How long training the profile's teacher of ``kind`` would take on this machine
+    (:func:`kd_utils.profiling.estimate_training_s` with the recipe, the teacher's architecture and the
+    sizes of its split). Needs no data set; takes one to a few training steps."""
+    from .data import dataset_info
+    from .profiling import estimate_training_s as estimate
+    prof, k = _profile(profile), _kind(kind)
+    spec = teacher_spec(prof, kind)
+    info = dataset_info(spec["dataset"])
+    n_all = min(info["train_size"], prof.train_subset or info["train_size"])
+    n_val = int(round(spec["data"]["val_fraction"] * n_all))
+    model = build_model(spec["arch"]["name"], **spec["arch"]["kwargs"])
+    return estimate(model, info["shape"], prof.train(k["recipe"]), n_all - n_val, n_val, num_classes=10, steps=steps,
+                    bound_s=LONG_TRAINING_S)
+
+
 def load_teacher(kind: str = "cifar", profile: str | Profile | None = None, *, retrain: bool | None = None,
-                 data=None, root: str | os.PathLike | None = None, progress: bool = True,
+                 train: bool | None = None, data=None, root: str | os.PathLike | None = None, progress: bool = True,
                  verbose: bool = True) -> nn.Module:
     """The profile's teacher of ``kind`` (``"cifar"`` or ``"hinton"``) in eval mode, with
     ``.checkpoint`` (metadata) and ``.history`` (per-epoch training history as a DataFrame) attached.
@@ -102,35 +156,64 @@ def load_teacher(kind: str = "cifar", profile: str | Profile | None = None, *, r
     Loads the first candidate (see :func:`candidate_paths`) whose checksum and specification match;
     trains and saves a new one under ``models/<profile>/`` when none does or when ``retrain``.
     ``data``: the bundle to train on if training is needed (it must be the split the spec names).
+
+    ``train``: whether training is allowed when no stored teacher matches (default
+    ``$KD_TRAIN_TEACHER``, else: only when estimated under :data:`LONG_TRAINING_S`; ``retrain=True``
+    allows it). The estimate (:func:`estimate_training_s`) is printed before any training; a refused
+    training raises :class:`TeacherNotFound` naming every place looked at.
     """
     prof = _profile(profile)
     spec = teacher_spec(prof, kind)
     if retrain is None:
         retrain = os.environ.get("KD_RETRAIN_TEACHER", "") not in ("", "0")
-    if not retrain:
-        for path in candidate_paths(prof, root, kind):
-            if not path.exists():
-                continue
-            ok, why = _matches(path, spec)
-            if ok:
-                model = _load(path, spec)
-                if verbose:
-                    print(f"loaded teacher {path} (checksum and specification verified)")
-                return model
+    allowed = train if train is not None else _env_switch(TRAIN_ENV)
+    if allowed is None and retrain:
+        allowed = True
+    looked: list[str] = []
+    for path in candidate_paths(prof, root, kind):
+        if retrain:
+            break
+        if not path.exists():
+            looked.append(f"{path} (missing)")
+            continue
+        ok, why = _matches(path, spec)
+        if ok:
+            model = _load(path, spec)
             if verbose:
-                print(f"not using {path}: {why}")
+                print(f"loaded teacher {path} (checksum and specification verified)")
+            return model
+        looked.append(f"{path} ({why})")
+        if verbose:
+            print(f"not using {path}: {why}")
     path = candidate_paths(prof, root, kind)[-1]
     if run_mode() == "replay":
         raise RunError(f"no committed {kind} teacher matches the {prof.name!r} profile's specification and replay "
-                       f"mode trains nothing: commit one (python -m kd_utils run-notebooks --mode fresh)")
+                       f"mode trains nothing: commit one (`make run FRESH=1`)")
+    what = (f"the {prof.name!r} profile's {kind} teacher ({spec['arch']['name']} "
+            f"{spec['arch']['kwargs'].get('width', 1.0):g}x, {prof.train(KINDS[kind]['recipe']).epochs} epochs)")
+    where = ("retrain requested" if retrain else "looked for " + "; ".join(looked))
+    if allowed is False:
+        raise TeacherNotFound(f"no stored {what}: {where}; training was not allowed (train=False or "
+                              f"${TRAIN_ENV}=0)")
+    from .profiling import describe_estimate
+    est = estimate_training_s(kind, prof)
+    estimate = describe_estimate(est)
+    if allowed is None and est["seconds"] > LONG_TRAINING_S:
+        from .locations import home_and_reason
+        home, reason = home_and_reason()
+        hint = (f"; or let it find the committed teachers: run inside a checkout of the suite or set $KD_HOME to "
+                f"one (the suite's root is now {home}: {reason})" if prof.name == "cpu" else "")
+        raise TeacherNotFound(f"no stored {what}: {where}. Training it is {estimate}: pass train=True (or set "
+                              f"{TRAIN_ENV}=1) to train it now{hint}")
     if verbose:
-        print(f"training the {spec['arch']['name']} teacher for profile {prof.name!r} -> {path}")
+        print(f"training the {spec['arch']['name']} teacher for profile {prof.name!r} -> {path} ({estimate})")
     train_teacher(kind, prof, path, data=data, progress=progress)
     return _load(path, spec)
 
 
 def cifar_teacher(profile: str | Profile | None = None, **kwargs: Any) -> nn.Module:
-    """The shared CIFAR-10 teacher (VGG-13 with BN) of the profile: ``load_teacher("cifar", ...)``."""
+    """The shared CIFAR-10 teacher (VGG-13 with BN) of the profile: ``load_teacher("cifar", ...)``.
+    Trains one only when none is stored and the training is short or asked for (``train=True``)."""
     return load_teacher("cifar", profile, **kwargs)
 
 

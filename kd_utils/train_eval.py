@@ -20,7 +20,7 @@ from .checkpoint import CheckpointError, _plain, check_savable, load_checkpoint,
 from .digests import data_fingerprint
 from .fileio import atomic_path, check_writable
 from .config import TrainConfig
-from .runtime import autocast, resolve_device, resolve_precision, seed_everything
+from .runtime import autocast, resolve_device, resolve_precision, seed_everything, warn_if_busy
 from .train_kd import Distiller, StepContext, Vanilla
 
 
@@ -391,6 +391,8 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
     if checkpoint_path is not None and main:  # what save_checkpoint would refuse, refused before the first batch
         check_savable(model, config=cfg.to_dict(), extra={"method": method.describe()})
     loop = _setup(model, data, cfg, method, teacher_outputs, plan_outputs, cfg.epochs)
+    if main:
+        warn_if_busy(loop.device)  # a busy CPU makes every epoch slower: say so before it starts
     identity = _resume_identity(method, data, cfg) if state_path is not None else {}
     rows: list[dict] = []
     best = {"acc": -1.0, "epoch": 0, "state": None}

@@ -93,11 +93,11 @@ def _classes(name: str) -> list[str]:
 
 
 def default_root() -> Path:
-    """``$KD_DATA_ROOT`` if set, else ``<repository root>/data`` (beside the kd_utils package)."""
-    env = os.environ.get("KD_DATA_ROOT", "").strip()
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "data"
+    """``$KD_DATA_ROOT`` if set, else ``<home>/data``: the suite's root is ``$KD_HOME``, else the checkout
+    holding the current directory, else the checkout the package is imported from, else the current
+    directory (:mod:`kd_utils.locations`); never site-packages."""
+    from ..locations import data_root
+    return data_root()
 
 
 def cache_path(name: str, root: str | os.PathLike | None = None) -> Path:

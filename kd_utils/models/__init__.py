@@ -110,5 +110,23 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-__all__ = ["build_model", "build_cohort", "register_model", "MODELS", "DESCRIPTIONS", "VGG", "MLP", "MnistCNN",
+def check_model(name: str, *, num_classes: int, shape: Sequence[int], **kwargs: Any) -> None:
+    """Fail now, not after hours of training, for a model that cannot train on this data: an unknown name
+    (the error lists the registered ones), bad constructor arguments, or an input shape ``(C, H, W)`` it
+    cannot take (two blank images are passed through it) or a wrong number of outputs."""
+    import torch
+    model = build_model(name, num_classes=num_classes, **kwargs)
+    x = torch.zeros(2, *shape)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as e:
+        raise ValueError(f"model {name!r} cannot take this data's {tuple(shape)} images: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model {name!r} returned {got} for 2 images, expected (2, {num_classes}) logits")
+
+
+__all__ = ["build_model", "build_cohort", "register_model", "check_model", "MODELS", "DESCRIPTIONS", "VGG", "MLP", "MnistCNN",
            "CifarResNet", "CifarCNN", "Cohort", "Ensemble"]
