@@ -72,3 +72,27 @@ def test_methods_table_lists_every_method_with_its_own_counts():
     # FSP cannot be built on unequal widths: the row says why and what to do instead
     assert "same channel count" in table.loc["fsp", "note"] and "Use a student" in table.loc["fsp", "note"]
     assert bool(table.loc["ab", "pre_training_stage"]) and not bool(table.loc["kd", "pre_training_stage"])
+
+
+@pytest.mark.skipif(not __import__("kd_utils.data", fromlist=["cache_path"]).cache_path("cifar10").exists(),
+                    reason="CIFAR-10 cache not built (make data)")
+def test_every_method_runs_on_cifar10_with_the_shared_teacher_and_student(tmp_path):
+    """The smoke check on the real thing: CIFAR-10 (a few batches), the committed cpu-profile teacher
+    (VGG-13 w0.5) and student (VGG-8 w0.25), every method through run_experiment for one short epoch.
+    FSP needs a student as wide as the teacher (as RepDistiller), KDSVD's default layout too (ch_w here)."""
+    from kd_utils import get_data
+    from kd_utils.config import get_profile
+    from kd_utils.teacher import cifar_teacher
+    prof = get_profile("cpu")
+    teacher = cifar_teacher(prof, train=False)
+    data = get_data("cifar10", train_subset=192, test_subset=128)
+    cfg = TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.02, augment="crop_flip", seed=0, device="cpu",
+                      precision="fp32")
+    student = prof.model_spec("cifar_student")
+    for method in METHODS:
+        spec = {"name": "vgg8", "width": 0.5} if method == "fsp" else student
+        run = run_experiment(method, spec, data, cfg, method=method, teacher=teacher, profile="smoke", root=tmp_path,
+                             progress=False, **ARGS.get(method, {}))
+        terms = [c for c in run.history.columns if c.startswith("train_loss_")]
+        assert terms and all(math.isfinite(v) for c in terms for v in run.history[c]), method
+        assert 0 <= run.accuracy <= 1 and math.isfinite(run.metrics["test_loss"]), method
