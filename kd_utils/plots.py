@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator, PercentFormatter
 
 from .fileio import atomic_path
 
@@ -93,6 +93,22 @@ def _check_nonempty_mapping(d: Any, name: str) -> None:
 
 
 # --------------------------------------------------------------------------- training curves
+
+
+def _label_x(ax, xs: np.ndarray, logx: bool) -> None:
+    """Readable x ticks: on a log axis, one labelled tick at every x value (matplotlib's default labels
+    only the decades, e.g. 1 and 10 of a temperature sweep); on a linear axis of whole numbers
+    (ensemble sizes, epochs), whole-number ticks only (never 1.5 students)."""
+    values = np.unique(xs[np.isfinite(xs)])
+    if logx:
+        ax.set_xscale("log")
+        if values.size <= 12:
+            ax.xaxis.set_major_locator(FixedLocator(values))
+            ax.set_xticklabels([f"{v:g}" for v in values])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    elif values.size and np.allclose(values, np.round(values)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_history(
@@ -425,8 +441,7 @@ def plot_curve(
         else:
             (h,) = ax.plot(xs, v, color=color, marker="o", markersize=4, label=name)
         handles.append(h)
-    if logx:
-        ax.set_xscale("log")
+    _label_x(ax, xs, logx)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -521,9 +536,12 @@ def plot_mean_std_bars(
     lo = np.nanmin(mean - std)
     hi = np.nanmax(mean + std)
     pad = max(0.5, 0.15 * (hi - lo))
-    ax.set_ylim(lo - 2 * pad, hi + 2 * pad)
+    bottom = lo - 2 * pad
+    ax.set_ylim(bottom, hi + 2 * pad)
     ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
-    ax.set_ylabel(ylabel)
+    # the axis starts near the bars' tops so that differences of a point stay visible: say so, since
+    # bar heights are then not proportional to the values
+    ax.set_ylabel(f"{ylabel}, axis from {bottom:.1f}" if bottom > 0 else ylabel)
     ax.grid(True, axis="y", alpha=0.3)
     if title:
         ax.set_title(title)

@@ -247,6 +247,44 @@ def test_plot_curve(tmp_path):
     _assert_png(tmp_path / "sweep.png")
 
 
+def test_plot_curve_labels_every_swept_value_on_a_log_axis():
+    """matplotlib's default log axis labels only the decades (1 and 10 of a temperature sweep)."""
+    temps = [1, 2, 4, 8, 20]
+    fig = PL.plot_curve(temps, {"KD": [0.9, 0.91, 0.92, 0.915, 0.9]}, "temperature", "accuracy", logx=True)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8", "20"]
+    assert list(ax.get_xticks()) == temps
+    plt.close(fig)
+
+
+def test_plot_curve_keeps_whole_number_x_on_whole_ticks():
+    """An ensemble of 1..5 students has no tick at 1.5 students."""
+    fig = PL.plot_curve([1, 2, 3], {"ensemble": [0.8, 0.82, 0.83]}, "students", "accuracy")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    plt.close(fig)
+    fig = PL.plot_curve([0.5, 1.5, 2.5], {"a": [1, 2, 3]}, "x", "y")  # fractional x keep the default ticks
+    fig.canvas.draw()
+    assert any(not float(t).is_integer() for t in fig.axes[0].get_xticks())
+    plt.close(fig)
+
+
+def test_mean_std_bars_say_where_a_truncated_axis_starts():
+    table = pd.DataFrame({"mean": [0.80, 0.82], "std": [0.003, 0.004]}, index=["scratch", "kd"])
+    fig = PL.plot_mean_std_bars(table)
+    ax = fig.axes[0]
+    bottom = ax.get_ylim()[0]
+    assert bottom > 0 and ax.get_ylabel() == f"test accuracy (%), axis from {bottom:.1f}"
+    plt.close(fig)
+    from_zero = pd.DataFrame({"mean": [0.02, 0.9], "std": [0.01, 0.01]}, index=["a", "b"])
+    fig = PL.plot_mean_std_bars(from_zero)
+    assert fig.axes[0].get_ylabel() == "test accuracy (%)"
+    plt.close(fig)
+
+
 def test_plot_curve_errors():
     with pytest.raises(ValueError, match="empty"):
         PL.plot_curve([1, 2], {}, "x", "y")
