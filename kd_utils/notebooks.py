@@ -111,6 +111,7 @@ def run_notebooks(profile: str | None = None, names: list[str] | None = None, ro
                 finally:
                     os.environ[runs.MODE_ENV] = mode
                 record["replay_wall_time_s"] = round(time.perf_counter() - t0 - wall, 1)
+                runs.record_replay_time(prof, name, record["replay_wall_time_s"], root=root)
             write_text(dst, nbformat.writes(nb))
             print(f"[done] {name} in {wall:.0f} s", flush=True)
             records.append(record)

@@ -246,7 +246,7 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
         entry = json.loads(line)
         used[entry["folder"]] = used.get(entry["folder"], False) or entry["keep_weights"]
     ref = places["reference"]
-    names, compute, trained_here = [], 0.0, 0
+    names, compute, trained_here, precisions, cpus = [], 0.0, 0, set(), set()
     for src, keep in used.items():
         src = Path(src)
         dst = ref / src.name
@@ -267,10 +267,13 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
             os.replace(tmp, dst)
         names.append(src.name)
         compute += float(record["metrics"].get("wall_time_s", 0.0))
+        precisions.add(str(record["metrics"].get("precision", "?")))
+        cpus.add(str(record.get("provenance", {}).get("versions", {}).get("processor", "?")))
         trained_here += record.get("session") == session_id()
     manifest = manifest_path(profile, notebook, root)
     entry = {"notebook": notebook, "runs": sorted(names), "training_compute_s": round(compute, 1),
-             "runs_trained_in_execution": int(trained_here), "execution_wall_time_s": round(wall_time_s, 1)}
+             "runs_trained_in_execution": int(trained_here), "execution_wall_time_s": round(wall_time_s, 1),
+             "precisions": sorted(precisions), "processors": sorted(cpus)}
     if not trained_here and manifest.is_file():  # re-exported without training: keep the training execution's
         old = json.loads(manifest.read_text())
         if old["runs"] == entry["runs"]:
@@ -279,6 +282,33 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
     write_json(manifest, {**entry, **provenance()})
     prune(profile, root)
     return manifest
+
+
+def record_replay_time(profile, notebook: str, seconds: float, root=None) -> None:
+    """Add the wall time of the replay that wrote the committed notebook to its manifest."""
+    from .fileio import write_json
+    manifest = manifest_path(profile, notebook, root)
+    if manifest.is_file():
+        write_json(manifest, {**json.loads(manifest.read_text()), "replay_wall_time_s": round(seconds, 1)})
+
+
+def timing_note(profile, notebook: str, root=None) -> str | None:
+    """How long "Run All" of ``notebook`` takes with ``profile``, from its committed manifest (the
+    execution that trained its runs, and the replay that wrote the committed notebook); None when its
+    runs are not committed."""
+    from .config import get_profile
+    manifest = manifest_path(profile, notebook, root)
+    if not manifest.is_file():
+        return None
+    m = json.loads(manifest.read_text())
+    cpu = " + ".join(m.get("processors", [])) or "an unrecorded CPU"  # where the runs were trained
+    precision = "/".join(m.get("precisions", [])) or "unrecorded precision"
+    h = lambda s: f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min"
+    note = (f"Run All, {get_profile(profile).name} profile: training every run took {h(m['training_compute_s'])} "
+            f"of compute ({len(m['runs'])} run{'' if len(m['runs']) == 1 else 's'}, {cpu}, {precision}, recorded {m.get('created', '?')[:10]})")
+    if "replay_wall_time_s" in m:
+        note += f"; replaying the committed runs (the default) took {h(m['replay_wall_time_s'])}"
+    return note + "."
 
 
 def prune(profile, root=None) -> list[str]:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Profile, get_profile, output_dirs
+from .config import DEFAULT_PROFILE, Profile, get_profile, output_dirs
 from .experiments import execution_summary
+from .runs import timing_note
 from .runtime import seed_everything, versions
 
 
@@ -50,7 +51,8 @@ def begin(profile: str | Profile | None = None, seed: int | None = None, noteboo
           quiet: bool = False) -> Session:
     """Resolve the profile (None: ``$KD_PROFILE``, else cpu), create its output folders, seed everything
     with ``seed`` (when given) and start the notebook's clock; print the profile, seeds and library
-    versions unless ``quiet``. ``notebook``: the file name, for the execution record of a replay."""
+    versions unless ``quiet``, and how long "Run All" took when the notebook's runs are committed.
+    ``notebook``: the file name, for the execution record of a replay and the timing line."""
     prof = get_profile(profile)
     if seed is not None:
         seed_everything(seed)
@@ -59,4 +61,7 @@ def begin(profile: str | Profile | None = None, seed: int | None = None, noteboo
         print(f"profile: {prof.name}   seeds: {s.seeds}" + ("" if seed is None else f"   seed: {seed}"))
         for k, v in versions().items():
             print(f"{k:12s} {v}")
+        note = timing_note(DEFAULT_PROFILE, notebook) if notebook else None
+        if note:
+            print(note)
     return s

@@ -14,6 +14,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
 from kd_utils.notebooks import run_notebooks
+from kd_utils.runs import timing_note
 
 TESTS = Path(__file__).resolve().parent
 CODE = [f"import sys\nsys.path.insert(0, {str(TESTS)!r})\nfrom conftest import make_bundle\n"
@@ -40,6 +41,11 @@ def test_a_committed_notebook_replays_and_a_changed_number_fails_nbval(tmp_path)
     assert record["status"] == "ok" and record["manifest"]
     manifest = json.loads((tmp_path / "results" / "runs" / "manifests" / "Probe.json").read_text())
     assert len(manifest["runs"]) == 1 and manifest["runs_trained_in_execution"] == 1
+    assert manifest["precisions"] == ["fp32"] and 0 < manifest["replay_wall_time_s"] < record["wall_time_s"] + 60
+    note = timing_note("cpu", "Probe.ipynb", root=tmp_path)
+    assert note.startswith("Run All, cpu profile: training every run took ") and "(1 run, " in note
+    assert f"replaying the committed runs (the default) took {manifest['replay_wall_time_s'] / 60:.0f} min" in note
+    assert timing_note("cpu", "Other.ipynb", root=tmp_path) is None
     committed = nbformat.read(tmp_path / "Probe.ipynb", as_version=4)
     printed = committed.cells[1].outputs[0]["text"]
     assert printed.startswith("test accuracy ")

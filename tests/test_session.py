@@ -32,6 +32,19 @@ def test_begin_resolves_the_profile_seeds_and_prints_versions(capsys, tmp_path):
         begin("nope")
 
 
+def test_begin_says_how_long_run_all_took_from_the_committed_manifest(capsys, tmp_path):
+    begin("smoke", notebook="Probe.ipynb")
+    assert "Run All" not in capsys.readouterr().out  # no committed runs: nothing to say
+    manifest = runs.manifest_path("cpu", "Probe.ipynb")
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"runs": ["a-1", "b-2"], "training_compute_s": 7200, "execution_wall_time_s": 7300, '
+                        '"precisions": ["bf16"], "processors": ["Test CPU x2"], '
+                        '"created": "2026-01-02T03:04:05Z", "replay_wall_time_s": 150}')
+    begin("smoke", notebook="Probe.ipynb")
+    assert ("Run All, cpu profile: training every run took 2.0 h of compute (2 runs, Test CPU x2, bf16, "
+            "recorded 2026-01-02); replaying the committed runs (the default) took 2 min.") in capsys.readouterr().out
+
+
 def test_summary_counts_the_runs_the_notebook_used_once(toy_cifar, tmp_path):
     s = begin("smoke", quiet=True)
     cfg = TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.02, device="cpu", precision="fp32")
