@@ -32,7 +32,7 @@ from .core import CIFAR_BATCH, SEED, Bench, Figure, _model, _subset
 STAGE_ARGS: dict[str, dict[str, Any]] = {"fitnets_two_stage": {"hint_epochs": 1}, "ab": {"init_epochs": 1},
                                          "fsp": {"init_epochs": 1}, "ft": {"init_epochs": 1},
                                          "crd": {"shared_negatives": True}, "kdsvd": {"layout": "ch_w"}}
-SKIP = ("ce", "cohort")  # the baseline itself, and the several-student distiller (Multiple_Students' figure)
+SKIP = ("ce", "cohort", "kdcl")  # the baseline itself, and the several-student distillers (Multiple_Students' figure)
 
 
 def measured_methods() -> list[str]:

@@ -113,6 +113,7 @@ def _distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, 
     fit_keys = {"progress", "checkpoint_path", "desc", "restore_best", "state_path", "resume", "stop_after"}
     fit_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in fit_keys}
     distiller = build_distiller(method, student, teacher, **kwargs)
+    teacher_free = getattr(distiller, "teacher_free", False)  # e.g. label smoothing: holds no teacher
     logits_only = getattr(distiller, "logits_only", False)
     embed_layer = getattr(distiller, "cached_layer", None)  # feature methods on one pooled teacher layer
     if cache is None:
@@ -125,7 +126,7 @@ def _distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, 
     if prepare is not None:
         prepare(data, cfg, progress=fit_kw.get("progress", True))
     stage1_s = time.perf_counter() - t0
-    fixed, per_epoch, source = {}, {}, "online teacher"
+    fixed, per_epoch, source = {}, {}, "none" if teacher_free else "online teacher"
     if cache and cfg.augment is None and embed_layer is None:
         fixed = {"logits": cache_teacher_logits(teacher, data, "train", device=cfg.device, precision=cfg.precision)}
         source = "cached logits (un-augmented transfer set)"
@@ -143,6 +144,12 @@ def _distill(student: nn.Module, teacher: nn.Module, data, cfg: TrainConfig, *, 
 
 
 # ------------------------------------------------------------- memoised runs ----
+def uses_teacher(method: str) -> bool:
+    """Whether a run of ``method`` depends on its teacher: not plain ``"ce"``, nor a distiller class marked
+    ``teacher_free`` (label smoothing); such runs are keyed, trained and recorded without one."""
+    return method != "ce" and not getattr(DISTILLERS.get(method), "teacher_free", False)
+
+
 @dataclass
 class Run:
     """A finished training run: its record (history, teacher-free test metrics, stored logits) and,
@@ -310,8 +317,12 @@ def _train(name: str, student: dict, data, cfg: TrainConfig, method: str, teache
     if method == "ce" and method_kwargs:
         raise ValueError(f"method 'ce' takes no arguments (label smoothing is TrainConfig.label_smoothing); "
                          f"got {sorted(method_kwargs)}")
-    if method == "ce" or teacher is None:  # plain CE, or a teacher-free method (mutual learning in a cohort)
+    # plain CE, or a teacher-free method (mutual learning in a cohort, label smoothing)
+    if method == "ce" or teacher is None or not uses_teacher(method):
         distiller = None if method == "ce" else build_distiller(method, model, None, **method_kwargs)
+        prepare = getattr(distiller, "prepare", None)  # e.g. a cohort's peers on their own plans
+        if prepare is not None:
+            prepare(data, cfg, progress=progress)
         res = fit(model, data, cfg, progress=progress, desc=name, stop_after=stop_after, method=distiller, **resume)
         res.config["teacher_outputs"] = "none"
     else:
@@ -341,7 +352,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     """
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     mode = runs.run_mode(mode)
-    spec = run_spec(student, data, cfg, method, method_kwargs, teacher if method != "ce" else None)
+    spec = run_spec(student, data, cfg, method, method_kwargs, teacher if uses_teacher(method) else None)
     if stop_after is not None:
         spec["stop_after"] = int(stop_after)
     key = spec_key(spec)

@@ -8,7 +8,8 @@ Protocol (the paper's): recipes and lengths are chosen on the 54,000 / 6,000 spl
 (:func:`length_study`), then the reported models train on all 60,000 images (:func:`paper_data`) for
 a fixed number of epochs and the last epoch is reported, so the test set never selects anything.
 The teacher is :func:`kd_utils.teacher.hinton_teacher` (trained once, then loaded). Every run is
-memoised by :func:`kd_utils.experiments.run_experiment`.
+memoised by :func:`kd_utils.experiments.run_experiment`; the loops over runs go through
+:func:`kd_utils.sweep.run_each`, so an ``executor`` can train them elsewhere (a process pool, Dask, SLURM).
 """
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import HINTON_KD, Profile, TrainConfig, get_profile
 from .data import DataBundle, get_data
-from .experiments import Run, run_experiment
+from .experiments import Run
 
 PAPER_ERRORS = {"teacher": 67, "student_scratch": 146, "student_kd": 74}
 STUDENT = {"name": "hinton_student"}
@@ -34,72 +34,96 @@ def paper_data(profile: str | Profile | None = None) -> DataBundle:
     return get_data("mnist", val_fraction=0, **prof.data_kwargs())
 
 
+SWEEP_KEYWORDS = ("profile", "mode", "root")  # what a sweep sets for all its runs
+
+
+def _student_spec(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None, temperature: float, alpha: float,
+                  arch: str = "hinton_student", kind: str | None = None, keep_weights: bool = False):
+    """The run specification of one student (:func:`train_student`): its name says kind, length,
+    temperature and seed."""
+    from .sweep import experiment
+    cfg = cfg.replace(seed=seed)
+    kind = kind or ("student_scratch" if teacher is None else "student_kd")
+    name = f"hinton-{kind}-e{cfg.epochs}" + (f"-T{temperature:g}" if teacher is not None else "") + f"-s{seed}"
+    if teacher is None:
+        return experiment(name, {"name": arch}, data, cfg, keep_weights=keep_weights)
+    return experiment(name, {"name": arch}, data, cfg, method="kd", teacher=teacher, temperature=temperature,
+                      alpha=alpha, keep_weights=keep_weights)
+
+
+def _row(run: Run, spec) -> dict:
+    m = run.metrics
+    return {"seed": spec.cfg.seed, "temperature": spec.method_kwargs.get("temperature"),
+            "errors": int(m["test_errors"]), "accuracy": m["test_accuracy"], "best_epoch": m["best_epoch"],
+            "epochs": spec.cfg.epochs, "wall_time_s": m["train_time_s"]}
+
+
+def _run_students(specs: list, executor, desc: str, progress: bool, run_kwargs: dict) -> list[Run]:
+    """Every specification through :func:`kd_utils.sweep.run_each` (``executor``: None = this process)."""
+    from .sweep import run_each
+    other = sorted(set(run_kwargs) - set(SWEEP_KEYWORDS))
+    if other:
+        raise ValueError(f"unsupported keyword(s) {other}; allowed: {', '.join(SWEEP_KEYWORDS)}")
+    return run_each(specs, executor, desc=desc, progress=progress, **run_kwargs)
+
+
 def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None = None, temperature: float = HINTON_KD.temperature,
-                  alpha: float = HINTON_KD.alpha, arch: str = "hinton_student", kind: str | None = None, **run_kwargs
-                  ) -> tuple[Run, dict]:
+                  alpha: float = HINTON_KD.alpha, arch: str = "hinton_student", kind: str | None = None,
+                  keep_weights: bool = False, progress: bool = False, **run_kwargs) -> tuple[Run, dict]:
     """One memoised student run: from scratch when ``teacher`` is None, else distilled with Hinton's
     loss. Without augmentation the teacher's logits of the fixed transfer set are computed once; with
     ``cfg.augment`` (the jittered transfer set) the teacher's outputs for every jittered batch of the
     run's plan. The model keeps its best validation epoch, or its last epoch when ``data`` has no
     validation split (:func:`paper_data`). Returns the :class:`~kd_utils.experiments.Run` and a row
-    ``{seed, temperature, errors, accuracy, best_epoch, epochs, wall_time_s}``."""
-    cfg = cfg.replace(seed=seed)
-    kind = kind or ("student_scratch" if teacher is None else "student_kd")
-    name = f"hinton-{kind}-e{cfg.epochs}" + (f"-T{temperature:g}" if teacher is not None else "") + f"-s{seed}"
-    if teacher is None:
-        run = run_experiment(name, {"name": arch}, data, cfg, **run_kwargs)
-    else:
-        run = run_experiment(name, {"name": arch}, data, cfg, method="kd", teacher=teacher,
-                             temperature=temperature, alpha=alpha, **run_kwargs)
-    m = run.metrics
-    row = {"seed": seed, "temperature": temperature if teacher is not None else None, "errors": int(m["test_errors"]),
-           "accuracy": m["test_accuracy"], "best_epoch": m["best_epoch"], "epochs": cfg.epochs,
-           "wall_time_s": m["train_time_s"]}
-    return run, row
+    ``{seed, temperature, errors, accuracy, best_epoch, epochs, wall_time_s}``.
+    ``run_kwargs``: ``profile``, ``mode``, ``root`` (as in ``run_experiment``)."""
+    spec = _student_spec(data, cfg, seed, teacher, temperature, alpha, arch, kind, keep_weights)
+    (run,) = _run_students([spec], None, spec.name, progress, run_kwargs)
+    return run, _row(run, spec)
 
 
 KINDS = ("student_scratch", "student_kd", "student_kd_jitter")
 
 
 def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = HINTON_KD.temperature,
-                 alpha: float = HINTON_KD.alpha, kinds: Sequence[str] = KINDS[:2], progress: bool = True, **run_kwargs
-                 ) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
+                 alpha: float = HINTON_KD.alpha, kinds: Sequence[str] = KINDS[:2], progress: bool = True,
+                 executor=None, **run_kwargs) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
     """Students for every seed and kind: ``student_scratch`` (hard labels), ``student_kd`` (soft
     targets on the un-augmented training set, as in the paper) and ``student_kd_jitter`` (soft
     targets on a jittered transfer set). One row per (kind, seed), and each run's training history
-    keyed by ``(kind, seed)``."""
+    keyed by ``(kind, seed)``. ``executor``: where the runs train (:func:`kd_utils.sweep.run_each`;
+    None: this process, one after another)."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown student kind(s) {unknown}; known: {list(KINDS)}")
-    rows, histories = [], {}
     jobs = [(kind, s) for s in seeds for kind in kinds]
-    for kind, s in tqdm(jobs, desc="students", disable=not progress):
-        t = None if kind == "student_scratch" else teacher
-        run_cfg = cfg.replace(augment="jitter") if kind == "student_kd_jitter" else cfg
-        run, row = train_student(data, run_cfg, s, t, temperature, alpha, kind=kind, progress=False, **run_kwargs)
-        rows.append({"model": kind, **row})
-        histories[(kind, s)] = run.history
-    return pd.DataFrame(rows), histories
+    specs = [_student_spec(data, cfg.replace(augment="jitter") if kind == "student_kd_jitter" else cfg, s,
+                           None if kind == "student_scratch" else teacher, temperature, alpha, kind=kind)
+             for kind, s in jobs]
+    done = _run_students(specs, executor, "students", progress, run_kwargs)
+    rows = [{"model": kind, **_row(run, spec)} for (kind, _), run, spec in zip(jobs, done, specs)]
+    return pd.DataFrame(rows), {job: run.history for job, run in zip(jobs, done)}
 
 
 def temperature_sweep(data, cfg: TrainConfig, teacher: nn.Module, temperatures: Iterable[float], seed: int = 0,
-                      alpha: float = HINTON_KD.alpha, progress: bool = True, **run_kwargs) -> pd.DataFrame:
-    """Distilled-student test errors for each temperature (one seed)."""
-    rows = [train_student(data, cfg, seed, teacher, float(T), alpha, progress=False, **run_kwargs)[1]
-            for T in tqdm(list(temperatures), desc="temperatures", disable=not progress)]
-    return pd.DataFrame(rows)
+                      alpha: float = HINTON_KD.alpha, progress: bool = True, executor=None, **run_kwargs) -> pd.DataFrame:
+    """Distilled-student test errors for each temperature (one seed); ``executor`` as in :func:`student_runs`."""
+    specs = [_student_spec(data, cfg, seed, teacher, float(T), alpha) for T in temperatures]
+    done = _run_students(specs, executor, "temperatures", progress, run_kwargs)
+    return pd.DataFrame([_row(run, spec) for run, spec in zip(done, specs)])
 
 
 def length_study(data, cfg: TrainConfig, lengths: Sequence[int], *, arch: str | None = None,
                  teacher: nn.Module | None = None, temperature: float = HINTON_KD.temperature, alpha: float = HINTON_KD.alpha, seed: int = 0,
-                 label: str = "teacher", progress: bool = True, keep_longest: bool = False, **run_kwargs
+                 label: str = "teacher", progress: bool = True, keep_longest: bool = False, executor=None, **run_kwargs
                  ) -> tuple[pd.DataFrame, dict[int, Run]]:
     """How long to train, measured on the validation split: one :func:`train_student` run of ``cfg``
     per length (each with its own full learning-rate schedule) of ``arch`` (default: the teacher's
     architecture alone, the student's when distilled from ``teacher``). One row per length with the
     validation errors of the last epoch (what the paper protocol would report) and of the best epoch;
     the runs (histories with per-epoch ``val_acc``) keyed by length. ``keep_longest``: the reference
-    store keeps the longest run's weights (a later cell uses it, e.g. as a teacher)."""
+    store keeps the longest run's weights (a later cell uses it, e.g. as a teacher). ``executor`` as in
+    :func:`student_runs`."""
     if len(data.y_val) == 0:
         raise ValueError("length_study needs a validation split (get_data(..., val_fraction > 0)); "
                          "the test set is never used to choose a length")
@@ -107,11 +131,12 @@ def length_study(data, cfg: TrainConfig, lengths: Sequence[int], *, arch: str | 
     if bad:
         raise ValueError(f"lengths must be positive epoch counts, got {bad}")
     arch = arch or (TEACHER if teacher is None else STUDENT)["name"]
+    lengths = list(lengths)
+    specs = [_student_spec(data, cfg.replace(epochs=n), seed, teacher, temperature, alpha, arch=arch,
+                           kind=f"{label}-split", keep_weights=keep_longest and n == max(lengths)) for n in lengths]
+    done = _run_students(specs, executor, f"{label} lengths", progress, run_kwargs)
     n_val, rows, runs = len(data.y_val), [], {}
-    for n in tqdm(list(lengths), desc=f"{label} lengths", disable=not progress):
-        run, _ = train_student(data, cfg.replace(epochs=n), seed, teacher, temperature, alpha, arch=arch,
-                               kind=f"{label}-split", progress=False,
-                               keep_weights=keep_longest and n == max(lengths), **run_kwargs)
+    for n, run in zip(lengths, done):
         val = run.history["val_acc"]
         rows.append({"model": label, "epochs": n, "val_errors_last": int(round((1 - val.iloc[-1]) * n_val)),
                      "val_errors_best": int(round((1 - val.max()) * n_val)),

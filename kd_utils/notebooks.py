@@ -39,7 +39,10 @@ def _execute(src: Path, root: Path, timeout: int | None):
     import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
     nb = nbformat.read(src, as_version=4)
-    ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(root)}})
+    # no saved widget state: with it an offline viewer shows an explorer's output as empty instead of its
+    # static picture (kd_utils.explore) and progress bars as widgets instead of their final text
+    ExecutePreprocessor(timeout=timeout, kernel_name="python3", store_widget_state=False).preprocess(
+        nb, {"metadata": {"path": str(root)}})
     return nb
 
 

@@ -36,6 +36,8 @@ NUMERICS: dict[str, int] = {
     # kd_utils.methods: one family per method module
     "dkd": 1, "dist": 1, "crd": 1, "rkd": 1, "sp": 1, "cc": 1, "vid": 1, "nst": 1, "ofd": 1, "reviewkd": 1,
     "ab": 1, "ft": 1, "fsp": 1, "kdsvd": 1,
+    "kdcl": 1,  # online distillation without a teacher (kd_utils.methods.kdcl)
+    "controls": 1,  # label_smoothing, kd_permuted, pseudo_label (kd_utils.methods.controls)
 }
 BASE_FAMILIES = ("data", "models", "loop")
 

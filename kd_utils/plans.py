@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import progress as progress_bar
 
 from .digests import data_fingerprint, state_digest, tensor_digest  # noqa: F401 (tensor_digest re-exported)
 
@@ -149,7 +149,7 @@ def _compute(teacher, data, plan, embed_layer, dev, prec, progress):
     hooks = FeatureHooks(teacher, [embed_layer]) if embed_layer else None
     logits, embedding = [], []
     try:
-        for _ in tqdm(range(plan.epochs), desc="teacher outputs", unit="epoch", disable=not progress, leave=False):
+        for _ in progress_bar(range(plan.epochs), desc="teacher outputs", unit="epoch", disable=not progress, leave=False):
             ep_logits, ep_emb = [], []
             for x, _y in loader:
                 with autocast(dev, prec):

@@ -18,6 +18,8 @@ from torch import nn
 __all__ = [
     "count_parameters",
     "flops_per_image",
+    "spec_flops",
+    "width_for_flops",
     "checkpoint_size_bytes",
     "latency",
     "profile_model",
@@ -173,6 +175,59 @@ def flops_per_image(model: nn.Module, input_shape: Sequence[int]) -> int:
     with _eval_mode(model), torch.no_grad(), counter:
         model(x)
     return int(counter.get_total_flops())
+
+
+def spec_flops(name: str, input_shape: Sequence[int] = (3, 32, 32), **kwargs: Any) -> int:
+    """:func:`flops_per_image` of the registered model ``name`` built with ``kwargs``, on the meta device:
+    no weights are allocated or initialised (so the global random state is left alone)."""
+    from .models import build_model
+    with torch.device("meta"):
+        model = build_model(name, **kwargs)
+    return flops_per_image(model, input_shape)
+
+
+def width_for_flops(name: str, target_flops: float, input_shape: Sequence[int] = (3, 32, 32),
+                    **kwargs: Any) -> float:
+    """The width multiplier at which model ``name`` (a registered model taking ``width``, e.g. ``"vgg8"``)
+    costs ``target_flops`` FLOPs per image: e.g. the wide student with the FLOPs of an ensemble,
+    ``width_for_flops("vgg8", 5 * spec_flops("vgg8", width=0.25))``. ``kwargs`` go to the constructor.
+
+    Found by bisection: a model's channel counts are whole numbers, so its FLOPs are a non-decreasing step
+    function of the width and the target is bracketed between two adjacent steps; the width of the step
+    nearer the target is returned (the bracket's end, so the width builds exactly that model). Raises
+    ``ValueError`` when the target is below the model's smallest cost or above its cost at width 1024."""
+    if "width" in kwargs:
+        raise ValueError("width_for_flops finds the width itself: do not pass width")
+    if isinstance(target_flops, bool) or not isinstance(target_flops, (int, float)) or not (
+            target_flops > 0 and target_flops < float("inf")):
+        raise ValueError(f"target_flops must be a finite number > 0, got {target_flops!r}")
+    try:
+        cost = lambda w: spec_flops(name, input_shape, width=w, **kwargs)  # noqa: E731
+        lo, hi = 1e-3, 1.0
+        f_lo = cost(lo)
+    except ValueError as e:
+        raise ValueError(f"width_for_flops needs a registered model whose constructor takes width: {e}") from None
+    if f_lo > target_flops:
+        raise ValueError(f"target_flops {target_flops:.4g} is below {name}'s smallest cost ({f_lo} FLOPs at width {lo})")
+    f_hi = cost(hi)
+    while f_hi < target_flops:
+        if hi >= 1024:
+            raise ValueError(f"target_flops {target_flops:.4g} is above {name}'s cost at width {hi:g} ({f_hi} FLOPs)")
+        lo, f_lo, hi = hi, f_hi, hi * 2
+        f_hi = cost(hi)
+    while hi - lo > 1e-7 * hi:  # f(lo) <= target <= f(hi) throughout
+        mid = (lo + hi) / 2
+        f_mid = cost(mid)
+        if f_mid < target_flops:
+            lo, f_lo = mid, f_mid
+        else:
+            hi, f_hi = mid, f_mid
+    best, f_best = (hi, f_hi) if f_hi - target_flops <= target_flops - f_lo else (lo, f_lo)
+    for digits in range(2, 8):  # the shortest decimal width that builds the same model, for readable specs
+        w = round(best, digits)
+        if w > 0 and cost(w) == f_best:
+            return float(w)
+    return float(best)
 
 
 def checkpoint_size_bytes(model: nn.Module) -> int:

@@ -675,7 +675,8 @@ def _check_run(spec: RunSpec, cfg, data, teacher) -> None:
     if spec.method == "ce" and spec.method_kwargs:
         raise ValueError(f"method 'ce' takes no arguments (label smoothing is a config field); got "
                          f"{sorted(spec.method_kwargs)}")
-    if spec.method not in ("ce", "cohort") and teacher is None:
+    from .experiments import uses_teacher
+    if spec.method != "cohort" and uses_teacher(spec.method) and teacher is None:
         raise ValueError(f"method {spec.method!r} needs a teacher; allowed: {'; '.join(TEACHER_FORMS)}")
     with torch.random.fork_rng(devices=[]):
         s = dict(spec.student)
@@ -1032,3 +1033,16 @@ def run_sweep(specs: Iterable, executor=None, *, profile=None, mode: str | None 
     out = SweepResult(results, per_spec, [r.spec for r in resolved], duplicate_of, time.perf_counter() - t0, name)
     say(f"[sweep] {out.summary()}")
     return out
+
+
+def run_each(specs: Sequence, executor=None, *, desc: str = "runs", progress: bool = True, **sweep_kwargs: Any) -> list:
+    """:func:`run_sweep` for a notebook's loop over runs, with its ``EXECUTOR`` parameter: ``None`` runs the
+    specifications in this process one at a time under a progress bar (each the same as ``run_experiment``);
+    any other executor gets the whole list at once. Returns the Runs in order. ``sweep_kwargs``: ``profile``,
+    ``mode``, ``root`` and the other keywords of :func:`run_sweep`."""
+    from .progress import progress as progress_bar
+    specs = list(specs)
+    if executor is None or (isinstance(executor, str) and executor.strip() == "inprocess"):
+        return [run_sweep([s], None, progress=False, **sweep_kwargs)[0]
+                for s in progress_bar(specs, desc=desc, disable=not progress)]
+    return list(run_sweep(specs, executor, progress=progress, **sweep_kwargs))

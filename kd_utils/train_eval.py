@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import progress as progress_bar
 
 from . import distributed as D
 from . import metrics
@@ -412,7 +412,7 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
 
     start = time.perf_counter()
     last_epoch = cfg.epochs if stop_after is None else stop_after
-    bar = tqdm(range(first_epoch, last_epoch + 1), desc=desc or type(method).__name__, disable=not (progress and main),
+    bar = progress_bar(range(first_epoch, last_epoch + 1), desc=desc or type(method).__name__, disable=not (progress and main),
                unit="epoch", initial=first_epoch - 1, total=last_epoch)
     has_val = len(data.y_val) > 0
     log = _tensorboard(log_dir) if log_dir is not None and main else None

@@ -97,6 +97,27 @@ def test_mutual_loss_sums_the_peers_as_the_paper_when_asked():
     torch.testing.assert_close(losses["loss_dml"], mutual_loss(cohort.all_logits(x).float(), peers="sum"))
 
 
+@pytest.mark.parametrize("peers", ["mean", "sum"])
+def test_four_peers_mutual_term_by_hand(peers):
+    """Four students: each KL(p_j || p_i) over its three peers, averaged (ours) or summed (the paper's)."""
+    torch.manual_seed(3)
+    cohort = Cohort([torch.nn.Linear(4, 10) for _ in range(4)])
+    x, y = torch.randn(8, 4), torch.randint(0, 10, (8,))
+    d = CohortDistiller(cohort, None, beta=0.5, mutual_temperature=2.0, peers=peers)
+    _, losses = d(x, y)
+    with torch.no_grad():
+        p = [(m(x) / 2.0).softmax(1).double() for m in cohort.students]
+    by_hand = 0.0
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                by_hand += 4.0 * float((p[j] * (p[j].log() - p[i].log())).sum(1).mean())
+    by_hand *= 0.5 * (1 / 3 if peers == "mean" else 1.0)
+    assert losses["loss_dml"].item() == pytest.approx(by_hand, rel=1e-5)
+    lg = cohort.all_logits(x).float()
+    torch.testing.assert_close(mutual_loss(lg, 2.0, "sum"), 3 * mutual_loss(lg, 2.0, "mean"))
+
+
 def test_students_trained_together_equal_students_trained_one_by_one(toy_cifar):
     cfg = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.02, momentum=0.9, device="cpu",
                       precision="fp32", augment="crop_flip", seed=0)

@@ -20,7 +20,8 @@ STUDENT = {"name": "vgg8", "width": 0.125}
 # RepDistiller), KDSVD's default layout too (mdistiller's ch_w layout runs on unequal widths)
 ARGS = {"fitnets_two_stage": {"hint_epochs": 1}, "ab": {"init_epochs": 1}, "ft": {"init_epochs": 1},
         "fsp": {"init_epochs": 1}, "crd": {"nce_k": 64}, "kdsvd": {"layout": "ch_w"}, "dkd": {"warmup": 1}}
-STUDENTS = {"fsp": {"name": "vgg8", "width": 0.25}}
+STUDENTS = {"fsp": {"name": "vgg8", "width": 0.25},
+            "kdcl": {"name": "cohort", "members": [{"name": "vgg8"}] * 2, "width": 0.125}}  # peers, no teacher
 METHODS = [m for m in DISTILLERS if m not in ("ce", "cohort")]
 
 
@@ -49,8 +50,12 @@ def test_every_method_trains_through_run_experiment_and_is_reused(method, toy_ci
     assert run.spec["numerics"][DISTILLERS[method].family] >= 1  # keyed on its own family's version
     # where the teacher's outputs came from is what the methods table says
     d = build_distiller(method, build_model(student["name"], width=student["width"]), teacher, **ARGS.get(method, {}))
-    cached = teacher_source(d) != "online teacher"
-    assert run.metrics["teacher_outputs"].startswith("plan cache") == cached, run.metrics["teacher_outputs"]
+    source = teacher_source(d)
+    if source == "none":  # teacher-free: nothing cached, nothing computed online
+        assert run.metrics["teacher_outputs"] == "none"
+    else:
+        cached = source != "online teacher"
+        assert run.metrics["teacher_outputs"].startswith("plan cache") == cached, run.metrics["teacher_outputs"]
     assert run_experiment(method, student, toy_cifar, cfg, **kw).reused
 
 
@@ -91,6 +96,7 @@ def test_every_method_runs_on_cifar10_with_the_shared_teacher_and_student(tmp_pa
     student = prof.model_spec("cifar_student")
     for method in METHODS:
         spec = {"name": "vgg8", "width": 0.5} if method == "fsp" else student
+        spec = {"name": "cohort", "members": [student] * 2} if method == "kdcl" else spec
         run = run_experiment(method, spec, data, cfg, method=method, teacher=teacher, profile="smoke", root=tmp_path,
                              progress=False, **ARGS.get(method, {}))
         terms = [c for c in run.history.columns if c.startswith("train_loss_")]

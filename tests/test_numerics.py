@@ -148,17 +148,41 @@ def probe_ensemble() -> dict[str, list[float]]:
     return out
 
 
+def probe_kdcl() -> dict[str, list[float]]:
+    """KDCL trains a teacher-free cohort (not a teacher/student pair): both targets, and own plans. Each peer's
+    own logits are fingerprinted (the cohort's ensemble is near uniform after 6 steps), with the KL weighted
+    10x so that it moves them: a 5% change of its scale then moves the probe 10 tolerances."""
+    importlib.import_module("kd_utils.methods.kdcl")
+    data = _cifar()
+    x = data.x_test[:4].float() / 255
+    out = {}
+    for label, kw in {"minlogit": {}, "mean": dict(ensemble="mean"), "minlogit_own": dict(plans="own")}.items():
+        seed_everything(0)
+        cohort = build_model("cohort", members=[{"name": "vgg8", "width": 0.125}] * 2)
+        cfg = _cfg(augment="crop_flip")
+        method = train_kd.build_distiller("kdcl", cohort, None, kd_weight=10.0, **kw)
+        method.prepare(data, cfg)
+        fit(cohort, data, cfg, method=method, progress=False)
+        out[label] = [v for peer in cohort.students for v in _fingerprint(peer, x)]
+    return out
+
+
 # kd_utils.methods: one probe per method family, at weights small enough for 6 steps to stay smooth and with
 # one epoch of any pre-training stage
 METHOD_PROBES = {"dkd": dict(warmup=2), "dist": {}, "crd": dict(nce_k=32, beta=0.8), "rkd": {}, "sp": dict(beta=100.0),
                  "cc": {}, "vid": {}, "nst": dict(beta=5.0), "ofd": {}, "reviewkd": {}, "ab": dict(init_epochs=1),
                  "ft": dict(init_epochs=1), "fsp": dict(init_epochs=1), "kdsvd": {}}
+# a module that registers several methods probes each, under its own name: {"methods": {name: kwargs}}
+METHOD_PROBES["controls"] = {"methods": {"label_smoothing": dict(epsilon=0.1), "kd_permuted": dict(seed=0),
+                                         "pseudo_label": {}}}
 
 
 def _method_probe(family: str):
     def probe() -> dict[str, list[float]]:
         importlib.import_module(f"kd_utils.methods.{family}")
-        return {family: _distilled(family, **METHOD_PROBES[family])}
+        spec = METHOD_PROBES[family]
+        methods = spec["methods"] if "methods" in spec else {family: spec}
+        return {name: _distilled(name, **kw) for name, kw in methods.items()}
     probe.__name__ = f"probe_{family}"
     return probe
 
@@ -166,6 +190,7 @@ def _method_probe(family: str):
 PROBES = {"data": probe_data, "models": probe_models, "loop": probe_loop, "teacher_outputs": probe_teacher_outputs,
           "logit": probe_logit, "feature": probe_feature, "ensemble": probe_ensemble,
           **{f: _method_probe(f) for f in METHOD_PROBES}}
+PROBES["kdcl"] = probe_kdcl  # a cohort without a teacher, so not one of METHOD_PROBES' teacher/student runs
 
 
 def _run(family: str) -> dict[str, list[float]]:

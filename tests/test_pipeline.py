@@ -198,3 +198,21 @@ def test_seed_pipeline_with_a_profile_trains_once_then_reuses_and_replays(tmp_pa
     # the regular and the distilled student share their initial weights and differ only by the teacher
     assert first[2].run.spec["method"] == "kd" and first[1].run.spec["method"] == "ce"
     assert first[2].run.spec["teacher_sha256"] is not None and first[1].run.spec["teacher_sha256"] is None
+
+
+def test_hinton_loops_run_through_an_executor_with_the_same_keys(tmp_path):
+    """An EXECUTOR other than None trains the same specifications as the in-process loop: runs made in
+    this process are found (reused) by a sweep on an executor, with the same numbers."""
+    from concurrent.futures import ThreadPoolExecutor
+    data = get_data("mnist", train_subset=600, test_subset=200)
+    torch.manual_seed(0)
+    teacher = build_model("hinton_teacher")
+    cfg = TrainConfig(epochs=1, batch_size=128, device="cpu", precision="fp32")
+    here = hinton.temperature_sweep(data, cfg, teacher, [2.0, 8.0], progress=False, root=tmp_path)
+    with ThreadPoolExecutor(1) as pool:
+        there = hinton.temperature_sweep(data, cfg, teacher, [2.0, 8.0], progress=False, root=tmp_path, executor=pool)
+    assert here["temperature"].tolist() == [2.0, 8.0]
+    assert there[["temperature", "errors", "accuracy"]].equals(here[["temperature", "errors", "accuracy"]])
+    assert len({f.parent.name for f in tmp_path.rglob("hinton-student_kd-e1-T*/run.json")}) == 2  # trained once
+    with pytest.raises(ValueError, match=r"unsupported keyword\(s\) \['epochs'\]; allowed: profile, mode, root"):
+        hinton.temperature_sweep(data, cfg, teacher, [2.0], progress=False, epochs=3)

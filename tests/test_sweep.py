@@ -443,3 +443,10 @@ def test_sweep_throughput_figure_in_tiny_mode(pool, monkeypatch):
     assert d["ratio_including_pool_start"] == pytest.approx(d["sequence_s"] / (d["pool_s"] + d["pool_start_s"]))
     assert d["runs"] == 4 and d["workers"] == 2 and d["threads_per_worker"] == 1 and d["sequence_threads"] == 2
     assert set(d["times_s"]) == {"sequence", "pool"} and set(d["run_train_s_mean"]) == {"sequence", "pool"}
+
+
+def test_a_teacher_free_control_needs_no_teacher(data):
+    import kd_utils.methods  # noqa: F401 (registers label_smoothing)
+    S.validate([experiment("ls", STUDENT, data, _cfg(), method="label_smoothing", epsilon=0.1)], profile=PROFILE)
+    with pytest.raises(SpecError, match="method 'pseudo_label' needs a teacher"):
+        S.validate([experiment("pl", STUDENT, data, _cfg(), method="pseudo_label")], profile=PROFILE)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from . import ab, cc, crd, dist, dkd, fsp, ft, kdsvd, nst, ofd, reviewkd, rkd, sp, vid  # noqa: F401 (register)
+from . import controls  # noqa: F401 (register "label_smoothing", "kd_permuted", "pseudo_label")
+from . import kdcl  # noqa: F401 (register "kdcl")
 from .. import ensemble, feature_kd  # noqa: F401 (register "cohort" and the feature methods)
 from ..train_kd import DISTILLERS, build_distiller
 
@@ -42,13 +44,21 @@ PAPERS: dict[str, tuple[str, str]] = {
     "fsp": ("Yim et al., CVPR 2017", "flow matrices between consecutive stages, in an init stage"),
     "kdsvd": ("Lee et al., ECCV 2018", "correlations of the feature maps' leading singular vectors"),
     "cohort": ("Zhang et al., CVPR 2018", "several students together: KD and mutual learning"),
+    "kdcl": ("Guo et al., CVPR 2020", "no teacher: the peers' combined logits (MinLogit) as each peer's soft target"),
+    "label_smoothing": ("Szegedy et al., CVPR 2016", "no teacher: the label mixed with the uniform distribution"),
+    "kd_permuted": ("(control) after Yuan et al., CVPR 2020 / Müller et al. 2019",
+                    "softened teacher probabilities with the non-target entries permuted per image (KL at T)"),
+    "pseudo_label": ("Touvron et al. 2021 (DeiT hard-label distillation)", "the teacher's top-1 class only (CE)"),
 }
 _SHOWN = ("alpha", "beta", "temperature", "ce_weight", "warmup", "w_d", "w_a", "feat_dim", "nce_k", "nce_t",
-          "init_epochs", "hint_epochs", "margin", "p", "gamma", "tau")
+          "init_epochs", "hint_epochs", "margin", "p", "gamma", "tau", "epsilon")
 
 
 def teacher_source(distiller: nn.Module) -> str:
-    """Where a distiller's teacher outputs come from: cached logits (+ one pooled layer) or an online teacher."""
+    """Where a distiller's teacher outputs come from: cached logits (+ one pooled layer), an online teacher,
+    or none (a teacher-free control such as label smoothing)."""
+    if getattr(distiller, "teacher_free", False):
+        return "none"
     if getattr(distiller, "cached_layer", None) is not None:
         return f"cached (logits + pooled {distiller.cached_layer})"
     if getattr(distiller, "logits_only", False):
