@@ -146,3 +146,13 @@ def reference_teacher_dirs() -> list[Path]:
         if base is not None and (base / "teachers").resolve() not in out:
             out.append((base / "teachers").resolve())
     return out
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a message shows it: relative to the suite's root when inside it (``teachers/x.pt``),
+    so printed paths mean the same on every machine; unchanged otherwise."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(home()))
+    except (ValueError, OSError):
+        return str(p)

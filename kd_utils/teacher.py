@@ -33,6 +33,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, _plain, load_checkpoint, load_weights, save_checkpoint
 from .config import Profile, get_profile, output_dirs
+from .locations import shown
 from .models import build_model
 from .profiling import LONG_TRAINING_S  # a training estimated above it (5 minutes) needs train=True
 from .runs import RunError, run_mode
@@ -180,11 +181,11 @@ def load_teacher(kind: str = "cifar", profile: str | Profile | None = None, *, r
         if ok:
             model = _load(path, spec)
             if verbose:
-                print(f"loaded teacher {path} (checksum and specification verified)")
+                print(f"loaded teacher {shown(path)} (checksum and specification verified)")
             return model
         looked.append(f"{path} ({why})")
         if verbose:
-            print(f"not using {path}: {why}")
+            print(f"not using {shown(path)}: {why}")
     path = candidate_paths(prof, root, kind)[-1]
     if run_mode() == "replay":
         raise RunError(f"no committed {kind} teacher matches the {prof.name!r} profile's specification and replay "
@@ -206,7 +207,7 @@ def load_teacher(kind: str = "cifar", profile: str | Profile | None = None, *, r
         raise TeacherNotFound(f"no stored {what}: {where}. Training it is {estimate}: pass train=True (or set "
                               f"{TRAIN_ENV}=1) to train it now{hint}")
     if verbose:
-        print(f"training the {spec['arch']['name']} teacher for profile {prof.name!r} -> {path} ({estimate})")
+        print(f"training the {spec['arch']['name']} teacher for profile {prof.name!r} -> {shown(path)} ({estimate})")
     train_teacher(kind, prof, path, data=data, progress=progress)
     return _load(path, spec)
 

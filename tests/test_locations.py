@@ -120,3 +120,11 @@ def test_project_name_is_read_from_the_project_table(tmp_path):
     (folder / "pyproject.toml").write_text("not toml [[[")
     assert not L.is_checkout(folder)
     assert not L.is_checkout(tmp_path / "missing")
+
+
+def test_paths_are_shown_relative_to_the_suite_root(tmp_path, monkeypatch):
+    from kd_utils.locations import shown
+    monkeypatch.setenv("KD_HOME", str(tmp_path))
+    assert shown(tmp_path / "teachers" / "t.pt") == "teachers/t.pt"
+    outside = tmp_path.parent / "elsewhere" / "t.pt"
+    assert shown(outside) == str(outside)
