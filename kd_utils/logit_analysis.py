@@ -1,6 +1,8 @@
 """Analyses of teacher and student logits for Task 2 ("where logit matching fails, and why"):
 
 * :func:`similarity_inheritance` -- does the student's class-similarity structure follow the teacher's?
+* :func:`error_inheritance` -- does the student copy the teacher's mistakes beyond what a student of the
+  same task that never saw the teacher does?
 * :func:`fit_temperature`, :func:`calibration_report` -- temperature scaling (Guo et al., ICML 2017).
 * :func:`dkd_terms_per_sample`, :func:`dkd_coupling` -- the classical KD loss split as
   ``KD = TCKD + (1 - p_t^T) * NCKD`` (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation", eq. 4-5)
@@ -92,6 +94,38 @@ def similarity_inheritance(teacher_logits: torch.Tensor, student_logits: torch.T
     temperature = _check_temperature(temperature)
     return rank_correlation(class_similarity(t, y, num_classes, temperature),
                             class_similarity(s, y, num_classes, temperature))
+
+
+# ----------------------------------------------------------- error inheritance ----
+def _mistakes(teacher_pred: torch.Tensor, other_pred: torch.Tensor, y: torch.Tensor, k: int) -> dict[str, float]:
+    t_wrong, o_wrong = teacher_pred != y, other_pred != y
+    both = t_wrong & o_wrong
+    conf_t = torch.zeros(k, k, dtype=torch.float64).index_put_((y, teacher_pred), torch.ones(len(y), dtype=torch.float64), accumulate=True)
+    conf_o = torch.zeros(k, k, dtype=torch.float64).index_put_((y, other_pred), torch.ones(len(y), dtype=torch.float64), accumulate=True)
+    rate = lambda n, d: float(n) / float(d) if d else float("nan")  # noqa: E731
+    return {"errors": int(o_wrong.sum()),
+            "wrong_given_teacher_wrong": rate(both.sum(), t_wrong.sum()),
+            "wrong_given_teacher_right": rate((o_wrong & ~t_wrong).sum(), (~t_wrong).sum()),
+            "same_wrong_class": rate((both & (other_pred == teacher_pred)).sum(), both.sum()),
+            "confusion_rank_correlation": rank_correlation(conf_t, conf_o)}
+
+
+def error_inheritance(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
+                      reference_logits: torch.Tensor | None = None) -> pd.DataFrame:
+    """How much of the teacher's mistakes a student repeats, beside a reference student that never saw the
+    teacher (e.g. the scratch student: what two networks trained on the same task share anyway). One row
+    per student (``student``, ``reference``) with its ``errors``, ``wrong_given_teacher_wrong`` (the share
+    of the teacher's mistakes it also makes), ``wrong_given_teacher_right``, ``same_wrong_class`` (of the
+    images both get wrong, the share where it names the teacher's wrong class) and
+    ``confusion_rank_correlation`` (Spearman over the off-diagonal counts of the two confusion matrices).
+    A student inherits errors beyond its accuracy when its rates exceed the reference's at a similar
+    error count. Rates with an empty denominator are NaN."""
+    t, s, y = _check_pair(teacher_logits, student_logits, labels, min_classes=2)
+    rows = {"student": _mistakes(t.argmax(1), s.argmax(1), y, t.shape[1])}
+    if reference_logits is not None:
+        _, r, _ = _check_pair(t, reference_logits, y, min_classes=2)
+        rows["reference"] = _mistakes(t.argmax(1), r.argmax(1), y, t.shape[1])
+    return pd.DataFrame(rows).T.astype({"errors": int})
 
 
 # -------------------------------------------------------- temperature scaling ----

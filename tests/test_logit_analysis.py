@@ -234,3 +234,24 @@ def test_logit_scale_curve_from_logits_models_and_checkpoints(toy_mnist, tmp_pat
         logit_scale_curve([models[0]])
     with pytest.raises(ValueError, match=r"epochs must be whole numbers >= 0, got \['a'\]"):
         logit_scale_curve({"a": logits[0]})
+
+
+def test_error_inheritance_counts_shared_mistakes_by_hand():
+    from kd_utils.logit_analysis import error_inheritance
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    t_pred = torch.tensor([1, 0, 1, 2, 2, 0, 0, 1])   # teacher wrong on images 0, 3, 5
+    s_pred = torch.tensor([1, 2, 1, 0, 2, 0, 0, 1])   # wrong on 0 (same class), 1, 3 (other class), 5 (same)
+    r_pred = torch.tensor([0, 0, 0, 2, 2, 2, 0, 1])   # wrong on 2 and 3 (same class as the teacher)
+    one_hot = lambda p: torch.nn.functional.one_hot(p, 3).float() * 5  # noqa: E731
+    df = error_inheritance(one_hot(t_pred), one_hot(s_pred), y, reference_logits=one_hot(r_pred))
+    st, ref = df.loc["student"], df.loc["reference"]
+    assert st["errors"] == 4 and ref["errors"] == 2
+    assert st["wrong_given_teacher_wrong"] == pytest.approx(3 / 3) and st["wrong_given_teacher_right"] == pytest.approx(1 / 5)
+    assert st["same_wrong_class"] == pytest.approx(2 / 3)
+    assert ref["wrong_given_teacher_wrong"] == pytest.approx(1 / 3) and ref["wrong_given_teacher_right"] == pytest.approx(1 / 5)
+    assert ref["same_wrong_class"] == pytest.approx(1.0)
+    # identical predictions rank the confusion counts identically
+    same = error_inheritance(one_hot(t_pred), one_hot(t_pred), y)
+    assert list(same.index) == ["student"] and same.loc["student", "confusion_rank_correlation"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        error_inheritance(one_hot(t_pred), one_hot(s_pred)[:4], y)
