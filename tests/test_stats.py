@@ -1,0 +1,57 @@
+"""kd_utils.stats against scipy's t-tests and hand arithmetic."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats as st
+
+from kd_utils.stats import difference, differences_table
+
+KD = [0.8312, 0.8290, 0.8345]
+CE = [0.8201, 0.8190, 0.8242]
+
+
+def test_paired_difference_is_the_paired_t_test():
+    d = difference(KD, CE, names=("KD", "scratch"), paired=True)
+    diffs = [100 * (a - b) for a, b in zip(KD, CE)]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 2)
+    assert d.diff == pytest.approx(mean) and d.se == pytest.approx(sd / math.sqrt(3)) and d.dof == 2
+    assert d.p_value == pytest.approx(st.ttest_rel(KD, CE).pvalue)
+    assert d.ci95[0] == pytest.approx(mean - 4.302652729911275 * sd / math.sqrt(3))
+    assert not d.noise and d.text().startswith("KD - scratch = +1.05 ± ")
+    assert "paired over 3 seeds" in d.text() and "inside the noise" not in d.text()
+
+
+def test_unpaired_difference_is_welchs_t_test():
+    a, b = [0.80, 0.81, 0.83, 0.79], [0.80, 0.82, 0.815]
+    d = difference(a, b)
+    assert d.p_value == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
+    qa = st.tvar([100 * x for x in a]) / 4
+    qb = st.tvar([100 * x for x in b]) / 3
+    assert d.se == pytest.approx(math.sqrt(qa + qb))
+    assert d.dof == pytest.approx((qa + qb) ** 2 / (qa ** 2 / 3 + qb ** 2 / 2))
+    assert d.noise and d.text().endswith("-- inside the noise") and "Welch, 4 and 3 seeds" in d.text()
+
+
+def test_constant_groups_and_bad_input():
+    same = difference([0.5, 0.5], [0.5, 0.5], paired=True)
+    assert same.diff == 0 and same.se == 0 and same.p_value == 1.0 and same.noise
+    shifted = difference([0.6, 0.6], [0.5, 0.5], paired=True)
+    assert shifted.diff == pytest.approx(10) and shifted.p_value == 0.0 and not shifted.noise
+    with pytest.raises(ValueError, match="at least 2 values"):
+        difference([0.5], [0.4, 0.5])
+    with pytest.raises(ValueError, match=r"as many values each, got 3 \(a\) and 2 \(b\)"):
+        difference([0.1, 0.2, 0.3], [0.1, 0.2], paired=True)
+    with pytest.raises(ValueError, match="non-finite"):
+        difference([0.1, float("nan")], [0.1, 0.2])
+
+
+def test_differences_table_compares_every_group_with_the_baseline():
+    t = differences_table({"ce": CE, "kd": KD, "ls": [0.821, 0.818, 0.826]}, baseline="ce", paired=True)
+    assert list(t.index) == ["kd", "ls"]
+    assert t.loc["kd", "difference"] == pytest.approx(difference(KD, CE, paired=True).diff)
+    assert t.loc["kd", "inside_noise"] == bool(difference(KD, CE, paired=True).noise)
+    with pytest.raises(ValueError, match="baseline 'dkd' is not one of the groups"):
+        differences_table({"ce": CE}, baseline="dkd")
