@@ -514,7 +514,9 @@ def plot_mean_std_bars(
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """Bars of ``table["mean"]`` with ``table["std"]`` error bars (one row per method, e.g. from
-    :func:`kd_utils.analysis.seed_table`), every seed's value drawn as a dot on its bar."""
+    :func:`kd_utils.analysis.seed_table`), every seed's value drawn as a dot on its bar. ``reference``:
+    values to mark, ``{name: value}``: on the bar of that name, or as a labelled dashed line across the
+    chart when no bar has the name (e.g. ``{"teacher": 0.90}``); the y range includes them."""
     if not hasattr(table, "columns") or not {"mean", "std"} <= set(table.columns):
         raise ValueError("table must be a DataFrame with 'mean' and 'std' columns")
     if len(table) == 0:
@@ -529,12 +531,17 @@ def plot_mean_std_bars(
     if "per_seed" in table.columns:
         for xi, seeds in zip(x, table["per_seed"]):
             ax.scatter(np.full(len(seeds), xi), np.asarray(seeds, float) * scale, s=10, color="black", zorder=3)
-    if reference:
-        for k, v in reference.items():
-            if k in names:
-                ax.scatter([names.index(k)], [v * scale], marker="_", s=900, color="red", zorder=4)
-    lo = np.nanmin(mean - std)
-    hi = np.nanmax(mean + std)
+    lines = []  # references that are not a bar (e.g. the teacher): a labelled horizontal line
+    for k, v in (reference or {}).items():
+        if k in names:
+            ax.scatter([names.index(k)], [v * scale], marker="_", s=900, color="red", zorder=4)
+        else:
+            ax.axhline(v * scale, color="red", linestyle="--", linewidth=1, zorder=4)
+            ax.annotate(f"{k} {v * scale:.2f}", (1.0, v * scale), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize="x-small", color="red")
+            lines.append(v * scale)
+    lo = min([np.nanmin(mean - std), *lines])
+    hi = max([np.nanmax(mean + std), *lines])
     pad = max(0.5, 0.15 * (hi - lo))
     bottom = lo - 2 * pad
     ax.set_ylim(bottom, hi + 2 * pad)
@@ -582,17 +589,26 @@ def plot_heatmaps(
     title: str | None = None,
     fmt: str = "{:.2f}",
     path: str | os.PathLike | None = None,
+    shared_scale: bool = False,
 ) -> Figure:
     """Square matrices side by side (e.g. the teacher's class similarity beside a model-free one),
-    annotated when small."""
+    annotated when small. ``shared_scale``: one colour scale for all (the range of every matrix), so
+    matrices that are compared read alike; otherwise each has its own."""
     _check_nonempty_mapping(matrices, "matrices")
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.6 * len(matrices), 4.2), layout="constrained",
-                             squeeze=False)
-    for ax, (name, m) in zip(axes[0], matrices.items()):
+    arrays = {}
+    for name, m in matrices.items():
         m = _to_numpy(m, name).astype(float)
         if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
             raise ValueError(f"matrix {name!r} has shape {m.shape}, expected ({len(labels)}, {len(labels)})")
-        im = ax.imshow(m, cmap="viridis")
+        arrays[name] = m
+    lim = {}
+    if shared_scale:
+        lim = {"vmin": min(float(np.nanmin(m)) for m in arrays.values()),
+               "vmax": max(float(np.nanmax(m)) for m in arrays.values())}
+    fig, axes = plt.subplots(1, len(arrays), figsize=(4.6 * len(arrays), 4.2), layout="constrained",
+                             squeeze=False)
+    for ax, (name, m) in zip(axes[0], arrays.items()):
+        im = ax.imshow(m, cmap="viridis", **lim)
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="x-small")
         ax.set_yticks(range(len(labels)), labels, fontsize="x-small")
         ax.set_title(name, fontsize="medium")
@@ -700,9 +716,11 @@ def plot_scatter(
     logx: bool = False,
     title: str | None = None,
     path: str | os.PathLike | None = None,
+    legend: str = "best",
 ) -> Figure:
     """One marker per (x, y) point, one colour per series; ``labels`` optionally names each point of a
-    series (written beside it), e.g. student accuracy against teacher size, one point per teacher."""
+    series (written beside it), e.g. student accuracy against teacher size, one point per teacher.
+    ``legend``: a matplotlib location, or ``"outside"`` (right of the axes, hiding no point)."""
     _check_nonempty_mapping(points, "points")
     fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
     for (name, pts), color in zip(points.items(), _colors(len(points))):
@@ -721,7 +739,8 @@ def plot_scatter(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", **({"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if legend == "outside"
+                                   else {"loc": legend}))
     if title:
         ax.set_title(title)
     return _finish(fig, path)

@@ -62,8 +62,9 @@ def test_matched_smoothing_equals_the_teachers_mean_wrong_class_mass_by_hand():
     y = torch.tensor([0, 2, 1])  # the third image the teacher gets wrong: its whole misplaced mass counts
     for T in (1.0, 3.0):
         mass = sum(1 - _softmax(row, T)[c] for row, c in zip(t.tolist(), y.tolist())) / 3
-        eps = matched_smoothing(t, y, temperature=T)
+        eps = matched_smoothing(t, y, temperature=T, decimals=None)
         assert eps == pytest.approx(4 * mass / 3, rel=1e-12)
+        assert matched_smoothing(t, y, temperature=T) == round(4 * mass / 3, 4)  # the default, for run keys
         # with that eps the smoothed target's wrong-class mass is the teacher's: 4 - 1 classes of eps / 4 each
         target = [1 - eps + eps / 4] + [eps / 4] * 3
         assert sum(target) == pytest.approx(1.0) and sum(target[1:]) == pytest.approx(mass, rel=1e-12)

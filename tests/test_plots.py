@@ -317,3 +317,33 @@ def test_no_show_called(monkeypatch):
     monkeypatch.setattr(plt, "show", lambda *a, **k: pytest.fail("plt.show called"))
     PL.plot_history({"m": _history()})
     PL.plot_accuracy_comparison({"a": 0.5})
+
+
+def test_mean_std_bars_draw_a_reference_that_is_not_a_bar_as_a_line_inside_the_range():
+    table = pd.DataFrame({"mean": [0.80, 0.82], "std": [0.003, 0.004]}, index=["scratch", "kd"])
+    fig = PL.plot_mean_std_bars(table, reference={"teacher": 0.90, "kd": 0.825})
+    ax = fig.axes[0]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(90.0)
+    assert ax.get_ylim()[0] < 80 and ax.get_ylim()[1] > 90.0
+    assert any(t.get_text() == "teacher 90.00" for t in ax.texts)
+    plt.close(fig)
+
+
+def test_heatmaps_share_one_colour_scale_when_asked():
+    a, b = np.eye(3) * 0.5, np.eye(3) * 2.0
+    own = PL.plot_heatmaps({"a": a, "b": b}, ["x", "y", "z"])
+    assert [im.get_clim() for ax in own.axes[:2] for im in ax.get_images()] == [(0.0, 0.5), (0.0, 2.0)]
+    shared = PL.plot_heatmaps({"a": a, "b": b}, ["x", "y", "z"], shared_scale=True)
+    assert [im.get_clim() for ax in shared.axes[:2] for im in ax.get_images()] == [(0.0, 2.0), (0.0, 2.0)]
+    plt.close(own)
+    plt.close(shared)
+
+
+def test_scatter_legend_can_sit_outside_the_axes():
+    fig = PL.plot_scatter({"students": [(1, 0.8), (2, 0.82)], "teacher": [(10, 0.9)]}, "MFLOPs", "accuracy",
+                          legend="outside")
+    fig.canvas.draw()
+    box = fig.axes[0].get_legend().get_window_extent()
+    assert box.x0 >= fig.axes[0].get_window_extent().x1 - 1
+    plt.close(fig)

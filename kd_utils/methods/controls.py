@@ -42,7 +42,8 @@ def _check_epsilon(epsilon) -> float:
     return float(epsilon)
 
 
-def matched_smoothing(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+def matched_smoothing(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                      decimals: int | None = 4) -> float:
     """The label-smoothing ``eps`` whose wrong-class mass equals the teacher's mean wrong-class mass.
 
     The teacher's wrong-class mass on image ``i`` is ``1 - p_i[y_i]`` with ``p_i = softmax(z_i / T)`` and
@@ -50,7 +51,8 @@ def matched_smoothing(teacher_logits: torch.Tensor, labels: torch.Tensor, temper
     mass); ``m`` is its mean over the images. Smoothing ``eps`` over ``K`` classes gives the target
     ``1 - eps + eps / K``, i.e. the wrong classes ``(K - 1) eps / K``, so ``eps = K m / (K - 1)``.
     Computed in float64. A teacher whose mean target probability is at most ``1 / K`` has no match in
-    ``[0, 1)`` and raises."""
+    ``[0, 1)`` and raises. ``decimals``: rounded (default 4 places), because epsilon becomes part of a run's
+    key and the last digits of a float64 mean differ between CPUs and thread counts; None keeps them."""
     if not isinstance(teacher_logits, torch.Tensor) or teacher_logits.dim() != 2 or teacher_logits.shape[1] < 2:
         raise ValueError(f"teacher_logits must be an (N, K) tensor with K >= 2, got "
                          f"{getattr(teacher_logits, 'shape', type(teacher_logits).__name__)}")
@@ -71,7 +73,7 @@ def matched_smoothing(teacher_logits: torch.Tensor, labels: torch.Tensor, temper
     if eps >= 1:
         raise ValueError(f"the teacher's mean wrong-class mass is {wrong_mass:.4f}, at least (K - 1) / K = "
                          f"{(k - 1) / k:.4f}: no smoothing epsilon in [0, 1) matches it (eps would be {eps:.4f})")
-    return eps
+    return eps if decimals is None else round(eps, decimals)
 
 
 class LabelSmoothingCE(Distiller):
