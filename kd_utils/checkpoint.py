@@ -66,14 +66,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, config: dict | None =
     A model from :func:`kd_utils.models.build_model` (or a registered constructor) records its
     ``.arch`` so :func:`load_model` can rebuild it. Any other ``nn.Module`` is saved with its class
     (module and qualified name); load it back with ``load_weights(MyNet(...), path)``.
-    ``state_dtype`` (e.g. ``torch.float16``) stores floating-point tensors in that type; loading casts
-    them back to the model's.
+    ``state_dtype`` (e.g. ``torch.float16``) stores floating-point tensors in that type, except those it
+    cannot hold (a BatchNorm running variance above float16's 65504 would become inf), which keep their
+    own; loading casts them back to the model's.
     """
     check_savable(model, config=config, metrics=metrics, extra=extra)
     arch = getattr(model, "arch", None)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if state_dtype is not None:
-        state = {k: v.to(state_dtype) if v.is_floating_point() else v for k, v in state.items()}
+        def narrow(v: torch.Tensor) -> torch.Tensor:
+            if not v.is_floating_point():
+                return v
+            cast = v.to(state_dtype)
+            return cast if torch.isfinite(cast).all() or not torch.isfinite(v).all() else v
+        state = {k: narrow(v) for k, v in state.items()}
     cls = type(model)
     payload = {"format": FORMAT, "arch": _plain(arch), "module_class": f"{cls.__module__}:{cls.__qualname__}",
                "state_dict": state, "sha256": state_digest(state),

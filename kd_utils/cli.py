@@ -258,7 +258,8 @@ def _cmd_methods(a: argparse.Namespace) -> int:
                           kwargs={"crd": {"n_data": 45_000, "negatives": "uniform"}})  # the bank's size only
     print(f"teacher {t_spec}, student {s_spec} (profile {prof.name}); CRD's memory banks are not parameters")
     with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", None):
-        print(_markdown(table.fillna("").reset_index()) if a.markdown else table.fillna("").to_string())
+        shown = table.astype(object).fillna("")  # nullable integer columns refuse "" as a fill value
+        print(_markdown(shown.reset_index()) if a.markdown else shown.to_string())
     return 0
 
 

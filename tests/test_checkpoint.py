@@ -82,3 +82,19 @@ def test_model_without_arch_is_saved_with_its_class_and_loads_into_an_instance(t
         load_model(p)
     back = load_weights(torch.nn.Linear(2, 2), p)
     assert torch.equal(back.weight, m.weight) and torch.equal(back.bias, m.bias)
+
+
+def test_float16_storage_keeps_what_float16_cannot_hold(tmp_path):
+    """A BatchNorm running variance above float16's range is stored in its own dtype, not as inf."""
+    model = build_model("vgg8", width=0.125)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.running_var.fill_(1.0e5)
+    path = save_checkpoint(tmp_path / "m.pt", model, state_dtype=torch.float16)
+    state = load_checkpoint(path)["state_dict"]
+    name = next(f"{m}.running_var" for m, mod in model.named_modules() if mod is bn)
+    assert state[name].dtype == torch.float32 and torch.equal(state[name], bn.running_var)
+    others = [v for k, v in state.items() if v.is_floating_point() and k != name]
+    assert others and all(v.dtype == torch.float16 for v in others)
+    again = load_model(path)
+    assert torch.isfinite(dict(again.named_buffers())[name]).all()

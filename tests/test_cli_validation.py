@@ -114,3 +114,12 @@ def test_quiet_hides_progress_but_not_the_accuracy_lines(home, monkeypatch, caps
     for name in ("teacher", "student_regular", "student_distilled"):
         assert f"{name:18s} accuracy" in captured.out
     assert "epoch/s" not in captured.err and "it/s" not in captured.err  # no progress bars
+
+
+def test_methods_command_prints_every_method_with_teacher_free_rows():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "kd_utils", "methods", "--profile", "smoke", "--markdown"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "label_smoothing" in r.stdout and "kdcl" in r.stdout and "dkd" in r.stdout
