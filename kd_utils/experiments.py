@@ -192,6 +192,16 @@ class Run:
                              f", not {split!r}")
         return stored[split].float()
 
+    def member_logits(self, split: str = "test") -> torch.Tensor:
+        """A cohort run's stored logits of each member, (members, N, K) float32 (``split``: "test" or "val")."""
+        if self._logits is None:
+            self._logits = runs.read_logits(self.path)
+        stored = self._logits.get(f"{split}_members")
+        if stored is None:
+            raise ValueError(f"run {self.name!r} stores no per-member logits of {split!r} (not a cohort, or recorded "
+                             "before cohorts stored them)")
+        return stored.float()
+
     def __repr__(self) -> str:
         return (f"Run({self.name!r}, test_accuracy={self.accuracy:.4f}, "
                 f"{'reused' if self.reused else 'trained'}, {self.path})")
@@ -403,6 +413,11 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         logits = {"test": predict(model, data.loader("test", batch_size=1024), cfg.device, EVAL_PRECISION)[0],
                   "val": (predict(model, data.loader("val", batch_size=1024), cfg.device, EVAL_PRECISION)[0]
                           if len(data.y_val) else None)}
+        members = getattr(model, "students", None)  # a cohort: each member's logits too, so per-member
+        if members is not None:                      # numbers need no stored weights
+            for split in [k for k, v in list(logits.items()) if v is not None]:
+                logits[f"{split}_members"] = torch.stack(
+                    [predict(s, data.loader(split, batch_size=1024), cfg.device, EVAL_PRECISION)[0] for s in members])
         logits = {k: None if v is None else v.to(runs.LOGITS_DTYPE) for k, v in logits.items()}
         m = {**logits_metrics(logits["test"], data.y_test), "best_epoch": res.best_epoch,
              "best_val_acc": res.best_val_acc, "train_time_s": res.wall_time_s + earlier_s, "wall_time_s": wall + earlier_s,

@@ -143,6 +143,14 @@ def test_kdcl_cohort_trains_through_run_experiment_without_a_teacher(toy_cifar, 
     assert {"train_loss_ce", "train_loss_kdcl"} <= set(run.history.columns)
     assert all(run.history[c].notna().all() and (run.history[c] > 0).all() for c in ("train_loss_ce", "train_loss_kdcl"))
     assert isinstance(run.model, Cohort) and len(run.model.students) == 2
+    # each member's logits are in the record: per-member numbers need no stored weights
+    from kd_utils.train_eval import predict
+    members = run.member_logits("test")
+    assert members.shape == (2, len(toy_cifar.y_test), 10)
+    for i, student in enumerate(run.model.students):
+        fresh = predict(student, toy_cifar.loader("test", batch_size=1024), "cpu", "fp32")[0]
+        assert torch.allclose(members[i], fresh.half().float(), atol=1e-2)
+    assert run.member_logits("val").shape[0] == 2
     assert run_experiment("kdcl-cohort", COHORT, toy_cifar, cfg, **kw).reused
     # teacher-free methods are keyed without a teacher passed to them
     assert run_experiment("kdcl-cohort", COHORT, toy_cifar, cfg, teacher=build_model("vgg8", width=0.125), **kw).reused
