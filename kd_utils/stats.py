@@ -105,3 +105,12 @@ def differences_table(groups: Mapping[str, Sequence[float]], baseline: str, *, p
                      "se": d.se, "ci95_low": d.ci95[0], "ci95_high": d.ci95[1], "p": d.p_value,
                      "inside_noise": d.noise})
     return pd.DataFrame(rows).set_index("method")
+
+
+def seed_entry(values: Sequence[float]) -> dict[str, object]:
+    """A results file's entry for one method: ``{"accuracy_per_seed", "mean", "std"}`` (sample std,
+    ddof 1; 0.0 for a single seed), values as given (fractions)."""
+    v = [float(x) for x in values]
+    if not v or not all(math.isfinite(x) for x in v):
+        raise ValueError(f"values must be a non-empty list of finite numbers, got {list(values)}")
+    return {"accuracy_per_seed": v, "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}

@@ -6,7 +6,7 @@ import math
 import pytest
 from scipy import stats as st
 
-from kd_utils.stats import difference, differences_table
+from kd_utils.stats import difference, differences_table, seed_entry
 
 KD = [0.8312, 0.8290, 0.8345]
 CE = [0.8201, 0.8190, 0.8242]
@@ -55,3 +55,12 @@ def test_differences_table_compares_every_group_with_the_baseline():
     assert t.loc["kd", "inside_noise"] == bool(difference(KD, CE, paired=True).noise)
     with pytest.raises(ValueError, match="baseline 'dkd' is not one of the groups"):
         differences_table({"ce": CE}, baseline="dkd")
+
+
+def test_seed_entry_is_the_results_files_shape():
+    e = seed_entry(KD)
+    assert e["accuracy_per_seed"] == KD and e["mean"] == pytest.approx(sum(KD) / 3)
+    assert e["std"] == pytest.approx(st.tstd(KD))
+    assert seed_entry([0.5])["std"] == 0.0
+    with pytest.raises(ValueError, match="non-empty list of finite numbers"):
+        seed_entry([])
