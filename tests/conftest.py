@@ -41,3 +41,22 @@ def toy_cifar() -> DataBundle:
 def _private_teacher_cache(tmp_path_factory, monkeypatch):
     """Tests never write teacher-output caches into the user's data folder."""
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "teacher_cache"))
+
+
+LINEAR_K = 6  # classes of the tiny linear pair below
+
+
+def linear_pair(seed=0):
+    """A tiny linear student and teacher on 2x2x3 inputs (logit-method tests): exact logits, cheap."""
+    torch.manual_seed(seed)
+    s = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, LINEAR_K))
+    t = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, LINEAR_K))
+    with torch.no_grad():
+        t[1].weight.mul_(3)
+    return s, t.eval()
+
+
+def linear_batch(n=5, seed=1):
+    """Inputs and labels for :func:`linear_pair`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 2, 2, generator=g), torch.randint(0, LINEAR_K, (n,), generator=g)

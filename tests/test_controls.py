@@ -19,21 +19,7 @@ from kd_utils.methods.dkd import DKD
 from kd_utils.numerics import NUMERICS
 from kd_utils.train_kd import DISTILLERS, HintonKD, StepContext, build_distiller
 
-K = 6
-
-
-def _linear_pair(seed=0):
-    torch.manual_seed(seed)
-    s = nn.Sequential(nn.Flatten(), nn.Linear(12, K))
-    t = nn.Sequential(nn.Flatten(), nn.Linear(12, K))
-    with torch.no_grad():
-        t[1].weight.mul_(3)
-    return s, t.eval()
-
-
-def _batch(n=5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 2, 2, generator=g), torch.randint(0, K, (n,), generator=g)
+from conftest import LINEAR_K as K, linear_batch as _batch, linear_pair as _linear_pair
 
 
 def _softmax(row, T=1.0):
