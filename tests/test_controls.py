@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from kd_utils import build_model, runs
 from kd_utils.config import TrainConfig

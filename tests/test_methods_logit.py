@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import kd_utils.methods.dist  # noqa: F401  (registers "dist")
 import kd_utils.methods.dkd  # noqa: F401  (registers "dkd")
