@@ -7,13 +7,14 @@ PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 NOTEBOOKS := $(wildcard *.ipynb)
 
-.PHONY: run test unit nbval bench data venv clean-venv help
+.PHONY: run test unit nbval bench bank data venv clean-venv help
 
 help:
 	@echo "make run [FRESH=1] [NOTEBOOKS=...] replay every notebook from its committed runs (FRESH=1: retrain them,"
 	@echo "                                   replacing the committed notebook and runs)"
 	@echo "make run PROFILE=smoke|gpu         execute every notebook with another profile -> results/<profile>/"
 	@echo "make test                          unit tests + nbval (smoke execution; replay compared with the committed outputs)"
+	@echo "make bank                          keep finished runs and cut-off states for the next session (results/runs/_bank/: commit it)"
 	@echo "make data                          fetch and cache MNIST, Fashion-MNIST and CIFAR-10"
 	@echo "make bench [QUICK=1]               speed figures -> results/benchmarks.json, BENCHMARKS.md"
 
@@ -42,6 +43,9 @@ test: venv data
 	else KD_PROFILE=cpu KD_RUNS=replay KD_OUTPUT_ROOT="$(CURDIR)/results/replay" \
 	  KD_REFERENCE_RUNS="$(CURDIR)/results/runs" $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg $$replay; fi
+
+bank: venv
+	$(PY) -m kd_utils bank --profile $(PROFILE)
 
 bench: venv data
 	$(PY) -m benchmarks $(if $(QUICK),--quick)

@@ -277,6 +277,21 @@ def _cmd_replayable(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bank(a: argparse.Namespace) -> int:
+    from .config import get_profile
+    from .locations import shown
+    from .runs import bank, size_bytes, stores
+    prof = get_profile(a.profile)
+    done = bank(prof)
+    where = shown(stores(prof)["bank"])
+    for kind in ("runs", "states"):
+        for name in done[kind]:
+            print(f"[banked] {name} ({'finished run' if kind == 'runs' else 'saved state of a run cut off part-way'})")
+    print(f"[bank] {len(done['runs'])} run(s) and {len(done['states'])} state(s) banked now; {where} holds "
+          f"{size_bytes(prof, store='bank') / 2**20:.1f} MB: commit it (git add {where}) to continue in a later session")
+    return 0
+
+
 def _cmd_run_notebooks(a: argparse.Namespace) -> int:
     from .config import output_dirs
     from .notebooks import run_notebooks
@@ -422,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--explain", action="store_true", help="also say, on stderr, why each other notebook is skipped")
     q.add_argument("notebooks", nargs="*", help="notebook files (default: all five)")
     q.set_defaults(func=_cmd_replayable)
+
+    b = sub.add_parser("bank", help="keep finished runs and cut-off states for a later session (results/runs/_bank)",
+                       formatter_class=D)
+    b.add_argument("--profile", default=None, help="profile whose training store is banked (default: $KD_PROFILE, else cpu)")
+    b.set_defaults(func=_cmd_bank)
 
     sw = sub.add_parser("sweep", help="run a sweep file of run specifications on an executor, print the results")
     sw.add_argument("file", help="JSON or YAML (.yaml/.yml): a list of specifications, or {profile, defaults, runs}")

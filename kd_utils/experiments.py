@@ -367,7 +367,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         spec["stop_after"] = int(stop_after)
     key = spec_key(spec)
     places = runs.stores(prof, root)
-    order = [places["reference"]] if mode == "replay" else [places["training"], places["reference"]]
+    order = [places["reference"]] if mode == "replay" else [places["training"], places["reference"], places["bank"]]
     found = runs.find(name, key, order)
     if found is not None:
         record = runs.read_record(found)
@@ -404,6 +404,8 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         state = places["training"] / "_state" / f"{runs.folder_name(name, key)}.pth"
         if mode == "fresh":  # retrain means from the first epoch
             state.unlink(missing_ok=True)
+        else:  # cut off in an earlier session and banked (runs.bank): continue from there
+            runs.banked_state(state, prof, root)
         done_before = _epochs_in_state(state)
         t0 = time.perf_counter()
         model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs, state)

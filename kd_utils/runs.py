@@ -10,11 +10,15 @@ A run (one :func:`kd_utils.experiments.run_experiment` call) is stored as a fold
 * ``model.pt``     -- the weights (float16; a run's model *is* its rounded weights, so a replayed model
   and a freshly trained one are the same model).
 
-Two stores: the *training store* ``models/<profile>/runs/`` (ignored by git; every run, with weights)
+Three stores: the *training store* ``models/<profile>/runs/`` (ignored by git; every run, with weights)
 and the *reference store* ``results/<profile>/runs/`` (committed for the default profile), which
 :func:`export_notebook_runs` fills with the runs a notebook's reference execution used: records and
 logits, weights only where the notebook asked for them (``keep_weights=True``: a cell reads them).
-``results/<profile>/runs/manifests/<notebook>.json`` lists each notebook's runs.
+``results/<profile>/runs/manifests/<notebook>.json`` lists each notebook's runs. Between them the
+*bank* ``results/<profile>/runs/_bank/`` (committed, :func:`bank`): finished runs with their weights and
+the saved states of runs cut off part-way, so a reference execution longer than one session (whose
+ignored ``models/`` is gone next time) continues where it stopped. Reuse looks in the training store,
+then the reference store, then the bank; a banked run leaves the bank once a manifest lists it.
 
 Modes (``$KD_RUNS`` or the ``mode`` argument):
 
@@ -44,6 +48,7 @@ MODE_ENV, SESSION_ENV, NOTEBOOK_ENV = "KD_RUNS", "KD_RUNS_SESSION", "KD_NOTEBOOK
 REFERENCE_ENV = "KD_REFERENCE_RUNS"  # the reference store, when outputs go elsewhere (a replay writes a scratch tree)
 FORMAT = "kd_utils/run/2"
 LOGITS_DTYPE = torch.float16
+BANK = "_bank"  # inside the reference store: runs (and cut-off states) kept between sessions
 _PROCESS_SESSION = uuid.uuid4().hex[:12]
 
 
@@ -73,7 +78,8 @@ def stores(profile, root=None) -> dict[str, Path]:
     from .config import output_dirs
     dirs = output_dirs(profile, root=root, create=False)
     ref = os.environ.get(REFERENCE_ENV) if root is None else None
-    return {"training": Path(dirs["models"]) / "runs", "reference": Path(ref) if ref else Path(dirs["results"]) / "runs"}
+    reference = Path(ref) if ref else Path(dirs["results"]) / "runs"
+    return {"training": Path(dirs["models"]) / "runs", "reference": reference, "bank": reference / BANK}
 
 
 def manifest_path(profile, notebook: str, root=None) -> Path:
@@ -322,6 +328,10 @@ def prune(profile, root=None) -> list[str]:
         if folder.is_dir() and folder.name != "manifests" and (folder / "run.json").exists() and folder.name not in listed:
             shutil.rmtree(folder)
             gone.append(folder.name)
+    banked = ref / BANK
+    for folder in banked.iterdir() if banked.is_dir() else []:
+        if folder.name in listed and (ref / folder.name / "run.json").is_file():  # committed now: out of the bank
+            shutil.rmtree(folder)
     return gone
 
 
@@ -344,7 +354,60 @@ def replayable(notebooks, profile=None, root=None) -> tuple[list[str], dict[str,
     return ok, skipped
 
 
-def size_bytes(profile=None, root=None) -> int:
-    """Bytes of the reference store (the committed runs)."""
-    ref = stores(profile, root)["reference"]
-    return sum(p.stat().st_size for p in ref.rglob("*") if p.is_file()) if ref.is_dir() else 0
+def size_bytes(profile=None, root=None, store: str = "reference") -> int:
+    """Bytes of the reference store (the committed runs, the bank excluded), or of ``store="bank"``."""
+    places = stores(profile, root)
+    base = places[store]
+    files = [p for p in base.rglob("*") if p.is_file()] if base.is_dir() else []
+    if store == "reference":
+        files = [p for p in files if places["bank"] not in p.parents]
+    return sum(p.stat().st_size for p in files)
+
+
+# ------------------------------------------------------------------ bank ----
+def _copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a file or a run folder so that ``dst`` is either absent or complete (a temporary beside it)."""
+    tmp = dst.parent / f".{dst.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+    else:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def bank(profile=None, root=None) -> dict[str, list[str]]:
+    """Keep the training store's work past this session: copy every finished run that no other store
+    holds (record, logits, float16 weights) and every saved state of a run cut off part-way into the
+    committed bank (``results/<profile>/runs/_bank/``; commit it). A state whose run has finished since is
+    dropped from the bank. Returns ``{"runs": [...], "states": [...]}``, the names banked now."""
+    places = stores(profile, root)
+    train, ref, banked = places["training"], places["reference"], places["bank"]
+    out: dict[str, list[str]] = {"runs": [], "states": []}
+    for rec in sorted(train.glob("*/run.json")) if train.is_dir() else []:
+        folder = rec.parent
+        if (ref / folder.name / "run.json").is_file() or (banked / folder.name / "run.json").is_file():
+            continue
+        if not (folder / "model.pt").is_file():
+            continue  # a run recorded without weights cannot teach or be re-evaluated: nothing to keep
+        _copy_atomic(folder, banked / folder.name)
+        out["runs"].append(folder.name)
+    for state in sorted((train / "_state").glob("*.pth")) if (train / "_state").is_dir() else []:
+        dst = banked / "_state" / state.name
+        if not dst.is_file() or dst.stat().st_mtime < state.stat().st_mtime:
+            _copy_atomic(state, dst)
+            out["states"].append(state.stem)
+    for state in sorted((banked / "_state").glob("*.pth")) if (banked / "_state").is_dir() else []:
+        if (banked / state.stem / "run.json").is_file() or (train / state.stem / "run.json").is_file():
+            state.unlink()  # the run finished: its state will never be resumed
+    return out
+
+
+def banked_state(state: Path, profile=None, root=None) -> None:
+    """Put the bank's saved state of a run at the training store's ``state`` path when there is none
+    there (a run cut off in an earlier session resumes from it)."""
+    src = stores(profile, root)["bank"] / "_state" / Path(state).name
+    if not Path(state).is_file() and src.is_file():
+        _copy_atomic(src, Path(state))

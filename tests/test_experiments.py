@@ -329,3 +329,43 @@ def test_a_run_killed_part_way_resumes_from_its_saved_state(toy_cifar, tmp_path)
     assert resumed.history["train_loss"].tolist() == whole.history["train_loss"].tolist()
     # its compute counts the epoch trained before the cut
     assert resumed.metrics["train_time_s"] >= resumed.history["time_s"].iloc[0]
+
+
+def test_banked_runs_and_states_survive_the_loss_of_the_training_store(toy_cifar, tmp_path, monkeypatch):
+    """A session's ignored models/ is gone next time: what runs.bank copied into the committed bank is
+    reused (a finished run, weights included) or resumed (a run cut off part-way), and leaves the bank
+    once a notebook's manifest lists it."""
+    from kd_utils.runtime import seed_everything
+    from kd_utils.train_eval import fit
+    kw = dict(profile="smoke", root=tmp_path, progress=False)
+    places = runs.stores("smoke", tmp_path)
+    finished = run_experiment("done", STUDENT, toy_cifar, _cfg(), **kw)
+    cfg2 = _cfg(epochs=2)
+    whole = run_experiment("cut", STUDENT, toy_cifar, cfg2, profile="smoke", root=tmp_path / "whole", progress=False)
+    state = places["training"] / "_state" / f"{runs.folder_name('cut', whole.key)}.pth"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg2.seed)
+    fit(build_model(STUDENT["name"], width=STUDENT["width"]), toy_cifar, cfg2, progress=False, stop_after=1,
+        state_path=state)
+    assert runs.bank("smoke", tmp_path) == {"runs": [finished.path.name], "states": [state.stem]}
+    assert runs.bank("smoke", tmp_path) == {"runs": [], "states": []}  # nothing new: nothing copied again
+    shutil.rmtree(places["training"])  # the next session
+    again = run_experiment("done", STUDENT, toy_cifar, _cfg(), **kw)
+    assert again.reused and again.path.parent == places["bank"]
+    for a, b in zip(finished.model.state_dict().values(), runs.load_weights(again.path).state_dict().values()):
+        assert torch.equal(a, b)  # banked with its weights: it can still teach or be re-evaluated
+    resumed = run_experiment("cut", STUDENT, toy_cifar, cfg2, **kw)
+    assert not resumed.reused and resumed.metrics["resumed_after_epoch"] == 1
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert runs.bank("smoke", tmp_path)["runs"] == [resumed.path.name]
+    assert not list((places["bank"] / "_state").glob("*.pth"))  # its run finished: the state is dropped
+    # exported by a notebook: committed in the reference store, so out of the bank
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
+    run_experiment("done", STUDENT, toy_cifar, _cfg(), **kw)
+    runs.export_notebook_runs("smoke", "Probe.ipynb", wall_time_s=1.0, root=tmp_path)
+    assert (places["reference"] / finished.path.name / "run.json").is_file()
+    assert not (places["bank"] / finished.path.name).exists() and (places["bank"] / resumed.path.name).is_dir()
+    assert runs.size_bytes("smoke", tmp_path, store="bank") > 0
+    assert runs.size_bytes("smoke", tmp_path) == sum(
+        p.stat().st_size for p in places["reference"].rglob("*") if p.is_file() and places["bank"] not in p.parents)
