@@ -314,11 +314,12 @@ RUNS_USED: list[Run] = []
 
 
 def _train(name: str, student: dict, data, cfg: TrainConfig, method: str, teacher: nn.Module | None,
-           progress: bool, stop_after: int | None, method_kwargs: dict, state_path: Path | None = None):
+           progress: bool, stop_after: int | None, method_kwargs: dict, state_path: Path | None = None,
+           restore_best: bool = True):
     """Build the seeded student and train it with ``method``; returns (model, FitResult). With a
     ``state_path`` the training state is saved after every epoch and a run killed part-way resumes
     from it, bit for bit (``fit(..., resume=True)``)."""
-    resume = dict(state_path=state_path, resume=state_path is not None)
+    resume = dict(state_path=state_path, resume=state_path is not None, restore_best=restore_best)
     from .models import build_model
     from .runtime import seed_everything
     spec_model = dict(student)
@@ -344,7 +345,8 @@ def _train(name: str, student: dict, data, cfg: TrainConfig, method: str, teache
 def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: str = "ce",
                    teacher: nn.Module | None = None, profile: str | Profile | None = None,
                    mode: str | None = None, progress: bool = True, root: str | os.PathLike | None = None,
-                   stop_after: int | None = None, keep_weights: bool = False, **method_kwargs: Any) -> Run:
+                   stop_after: int | None = None, keep_weights: bool = False, restore_best: bool = True,
+                   **method_kwargs: Any) -> Run:
     """Train (or reuse, or replay) one run and return it with its test metrics.
 
     ``student``: a model spec ``{"name": "vgg8", "width": 0.25}`` (built with ``build_model``
@@ -354,7 +356,9 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     ``cfg``'s schedule). ``mode``: ``reuse``/``fresh``/``replay`` (default ``$KD_RUNS``, else reuse;
     see :mod:`kd_utils.runs`). ``keep_weights``: the reference store keeps this run's weights (a
     notebook cell reads them, e.g. for CKA, or it teaches another run); every other run is committed
-    as its record and logits only.
+    as its record and logits only. ``restore_best=False``: the run keeps its last epoch's weights
+    instead of its best validation epoch's (a protocol that reports the last epoch; the key records it,
+    so the default's keys are unchanged).
 
     A stored run is reused only when its key (:func:`run_spec`: the specification and the numerics
     versions of the code it uses) is identical. The trained model's weights are rounded to float16
@@ -365,6 +369,8 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     spec = run_spec(student, data, cfg, method, method_kwargs, teacher if uses_teacher(method) else None)
     if stop_after is not None:
         spec["stop_after"] = int(stop_after)
+    if not restore_best:  # only when asked: every run keyed before this option keeps its key
+        spec["restore_best"] = False
     key = spec_key(spec)
     places = runs.stores(prof, root)
     order = [places["reference"]] if mode == "replay" else [places["training"], places["reference"], places["bank"]]
@@ -399,7 +405,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
             lock.release()  # another process stored it meanwhile: take it as any stored run
             return run_experiment(name, student, data, cfg, method=method, teacher=teacher, profile=prof, mode=mode,
                                   progress=progress, root=root, stop_after=stop_after, keep_weights=keep_weights,
-                                  **method_kwargs)
+                                  restore_best=restore_best, **method_kwargs)
         # A long run killed part-way (a session's end) continues from its last epoch next time it is asked for.
         state = places["training"] / "_state" / f"{runs.folder_name(name, key)}.pth"
         if mode == "fresh":  # retrain means from the first epoch
@@ -408,7 +414,8 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
             runs.banked_state(state, prof, root)
         done_before = _epochs_in_state(state)
         t0 = time.perf_counter()
-        model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs, state)
+        model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs, state,
+                            restore_best)
         wall = time.perf_counter() - t0
         earlier_s = float(res.history["time_s"].iloc[:done_before].sum()) if done_before else 0.0
         runs.round_weights(model.cpu()).eval()

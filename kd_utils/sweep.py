@@ -59,7 +59,7 @@ from typing import Any, Callable, Iterable, Sequence
 EXECUTOR_FORMS = ('None or "inprocess"', '"processes[:N]"', '"dask[:N]"', '"dask://HOST:PORT"', '"tcp://HOST:PORT"',
                   '"slurm[:PARTITION]"', '"ray[://HOST:PORT]"', "an object with submit(fn, *args) returning a future")
 SPEC_FIELDS = ("name", "student", "data", "config", "method", "teacher", "method_kwargs", "stop_after",
-               "keep_weights", "seeds")
+               "keep_weights", "restore_best", "seeds")
 DATA_FIELDS = ("dataset", "profile", "val_fraction", "seed", "train_subset", "test_subset", "root")
 TEACHER_FORMS = ('{"kind": "cifar" | "hinton"} (the profile\'s stored shared teacher)',
                  '{"path": FILE} (a checkpoint)', '{"model": {"name": ..., ...}, "seed": N} (untrained, seeded)',
@@ -103,13 +103,15 @@ class RunSpec:
     method_kwargs: dict = field(default_factory=dict)
     stop_after: int | None = None
     keep_weights: bool = False
+    restore_best: bool = True  # False: keep the last epoch's weights (run_experiment's restore_best)
 
 
 def experiment(name: str, student: dict, data, cfg, *, method: str = "ce", teacher=None, stop_after: int | None = None,
-               keep_weights: bool = False, **method_kwargs: Any) -> RunSpec:
+               keep_weights: bool = False, restore_best: bool = True, **method_kwargs: Any) -> RunSpec:
     """A :class:`RunSpec` from :func:`~kd_utils.experiments.run_experiment`'s own arguments (less the
     ones the sweep sets for all runs: ``profile``, ``mode``, ``progress``, ``root``)."""
-    return RunSpec(name, student, data, cfg, method, teacher, dict(method_kwargs), stop_after, keep_weights)
+    return RunSpec(name, student, data, cfg, method, teacher, dict(method_kwargs), stop_after, keep_weights,
+                   restore_best)
 
 
 def _merge(defaults: dict, entry: dict) -> dict:
@@ -133,7 +135,7 @@ def _from_dict(entry, defaults: dict) -> list[RunSpec]:
                                                                                    else []))
                          + f" (allowed: {', '.join(SPEC_FIELDS)})")
     seeds = e.pop("seeds", None)
-    kw = {k: e[k] for k in ("method", "teacher", "stop_after", "keep_weights") if k in e}
+    kw = {k: e[k] for k in ("method", "teacher", "stop_after", "keep_weights", "restore_best") if k in e}
     mk = e.get("method_kwargs") or {}
     if not isinstance(mk, dict):
         raise ValueError(f"method_kwargs must be a mapping, got {type(mk).__name__}")
@@ -174,7 +176,7 @@ def load_sweep_file(path: str | os.PathLike) -> tuple[list[RunSpec], dict]:
     """A sweep file (JSON, or YAML with ``.yaml``/``.yml``): either a list of specifications or a
     mapping ``{"profile": ..., "defaults": {...}, "runs": [...]}``; each specification holds
     ``name``, ``student``, ``data``, ``config`` and optionally ``method``, ``method_kwargs``,
-    ``teacher``, ``stop_after``, ``keep_weights``, ``seeds``. Returns (specs, options: the file's
+    ``teacher``, ``stop_after``, ``keep_weights``, ``restore_best``, ``seeds``. Returns (specs, options: the file's
     ``profile``/``mode`` if any)."""
     path = Path(path)
     try:
@@ -442,6 +444,7 @@ class _Task:
     threads: Any              # None | int | {host: Dask threads on that host}
     remote: bool
     progress: bool = False    # run_experiment's own lines (in-process only)
+    restore_best: bool = True
 
 
 @dataclass
@@ -552,7 +555,7 @@ def _execute(task: _Task) -> Outcome:
         run = experiments.run_experiment(task.name, task.student, data, task.cfg, method=task.method, teacher=teacher,
                                          profile=task.profile, mode=task.mode, progress=task.progress,
                                          root=task.root, stop_after=task.stop_after, keep_weights=task.keep_weights,
-                                         **task.method_kwargs)
+                                         restore_best=task.restore_best, **task.method_kwargs)
     if task.remote:  # the caller reads weights and logits from the shared folder when it needs them
         if experiments.RUNS_USED and experiments.RUNS_USED[-1] is run:
             experiments.RUNS_USED.pop()  # a long-lived worker must not keep every model it trained
@@ -672,6 +675,8 @@ def _check_run(spec: RunSpec, cfg, data, teacher) -> None:
         raise ValueError(f"method_kwargs must be a mapping, got {type(spec.method_kwargs).__name__}")
     if spec.stop_after is not None and not (isinstance(spec.stop_after, int) and 1 <= spec.stop_after <= cfg.epochs):
         raise ValueError(f"stop_after must be None or an epoch in 1..{cfg.epochs}, got {spec.stop_after!r}")
+    if not isinstance(spec.restore_best, bool):
+        raise ValueError(f"restore_best must be true or false, got {spec.restore_best!r}")
     if spec.method == "ce" and spec.method_kwargs:
         raise ValueError(f"method 'ce' takes no arguments (label smoothing is a config field); got "
                          f"{sorted(spec.method_kwargs)}")
@@ -711,7 +716,8 @@ def _identity(spec: RunSpec, cfg, data, teacher, digests: dict) -> str:
             digests[id(teacher)] = teacher_digest(teacher)
         t = digests[id(teacher)]
     return json.dumps({"name": spec.name, "student": spec.student, "data": d, "cfg": cfg.to_dict(),
-                       "method": spec.method, "kwargs": spec.method_kwargs, "teacher": t, "stop_after": spec.stop_after},
+                       "method": spec.method, "kwargs": spec.method_kwargs, "teacher": t, "stop_after": spec.stop_after,
+                       **({} if spec.restore_best else {"restore_best": False})},
                       sort_keys=True, default=str)
 
 
@@ -967,7 +973,7 @@ def run_sweep(specs: Iterable, executor=None, *, profile=None, mode: str | None 
             tasks.append(_Task(i, r.spec.name, dict(r.spec.student), data, r.cfg, r.spec.method, teacher,
                                dict(r.spec.method_kwargs), r.spec.stop_after, r.spec.keep_weights, prof.name, mode,
                                root_abs if not in_process else (None if root is None else str(root)), env,
-                               task_threads, not in_process, progress and in_process))
+                               task_threads, not in_process, progress and in_process, r.spec.restore_best))
         for j, t in enumerate(tasks):
             t.keep_weights = keep[j]
         say(f"[sweep] {len(resolved)} specifications, {len(tasks)} distinct runs on {name}")

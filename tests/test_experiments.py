@@ -369,3 +369,24 @@ def test_banked_runs_and_states_survive_the_loss_of_the_training_store(toy_cifar
     assert runs.size_bytes("smoke", tmp_path, store="bank") > 0
     assert runs.size_bytes("smoke", tmp_path) == sum(
         p.stat().st_size for p in places["reference"].rglob("*") if p.is_file() and places["bank"] not in p.parents)
+
+
+def test_restore_best_false_keeps_the_last_epoch_and_keys_only_itself(toy_cifar, tmp_path):
+    """restore_best=False (a protocol that reports the last epoch) stores the last epoch's weights; it is
+    in the key only when asked for, so the keys of every default run stay as they were."""
+    from kd_utils.runtime import seed_everything
+    from kd_utils.train_eval import fit
+    cfg = _cfg(epochs=4, lr=0.3)  # its validation accuracy peaks at epoch 3 on this toy set
+    kw = dict(profile="smoke", root=tmp_path, progress=False)
+    best = run_experiment("r", STUDENT, toy_cifar, cfg, **kw)
+    last = run_experiment("r", STUDENT, toy_cifar, cfg, restore_best=False, **kw)
+    assert best.metrics["best_epoch"] < cfg.epochs  # the case that tells the two apart
+    assert "restore_best" not in best.spec and last.spec["restore_best"] is False and last.key != best.key
+    seed_everything(cfg.seed)
+    model = build_model(STUDENT["name"], width=STUDENT["width"])
+    fit(model, toy_cifar, cfg, progress=False, restore_best=False)
+    runs.round_weights(model)
+    for a, b in zip(model.state_dict().values(), last.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(best.model.state_dict().values(), last.model.state_dict().values()))
+    assert run_experiment("r", STUDENT, toy_cifar, cfg, restore_best=False, **kw).reused

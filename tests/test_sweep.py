@@ -450,3 +450,25 @@ def test_a_teacher_free_control_needs_no_teacher(data):
     S.validate([experiment("ls", STUDENT, data, _cfg(), method="label_smoothing", epsilon=0.1)], profile=PROFILE)
     with pytest.raises(SpecError, match="method 'pseudo_label' needs a teacher"):
         S.validate([experiment("pl", STUDENT, data, _cfg(), method="pseudo_label")], profile=PROFILE)
+
+
+def test_restore_best_reaches_the_run_and_a_bad_value_is_named(data, tmp_path):
+    """A sweep entry's restore_best=False keeps the last epoch, exactly as run_experiment does, and is
+    not a duplicate of the same entry with the default."""
+    cfg = _cfg(epochs=2)
+    last, best = run_sweep([experiment("ce", STUDENT, data, cfg, restore_best=False),
+                            experiment("ce", STUDENT, data, cfg)], profile=PROFILE, root=tmp_path, progress=False)
+    assert last.spec["restore_best"] is False and "restore_best" not in best.spec and last.key != best.key
+    direct = run_experiment("ce", STUDENT, data, cfg, profile=PROFILE, root=tmp_path / "direct", progress=False,
+                            restore_best=False)
+    assert direct.key == last.key and torch.equal(direct.logits("test"), last.logits("test"))
+    with pytest.raises(SpecError, match="restore_best must be true or false, got 'no'"):
+        S.validate([experiment("x", STUDENT, data, cfg, restore_best="no")], profile=PROFILE)
+    specs, _ = S.load_sweep_file(_write(tmp_path / "s.json", [{"name": "a", "student": STUDENT, "data": {"dataset": "mnist"},
+                                                                "config": {}, "restore_best": False}]))
+    assert specs[0].restore_best is False
+
+
+def _write(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
