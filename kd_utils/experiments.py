@@ -412,7 +412,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
             state.unlink(missing_ok=True)
         else:  # cut off in an earlier session and banked (runs.bank): continue from there
             runs.banked_state(state, prof, root)
-        done_before = _epochs_in_state(state)
+        done_before = runs.epochs_in_state(state)
         t0 = time.perf_counter()
         model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs, state,
                             restore_best)
@@ -446,16 +446,6 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
                   model, None, logits)
         RUNS_USED.append(run)
         return run
-
-
-def _epochs_in_state(path: Path) -> int:
-    """The epochs a saved training state holds (0: none, or unreadable: the run starts over)."""
-    if not path.is_file():
-        return 0
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
-    except Exception:  # a state fit cannot read is refused by fit itself, with its reason
-        return 0
 
 
 def execution_summary(notebook_start: float | None = None, notebook: str | None = None) -> dict[str, Any]:

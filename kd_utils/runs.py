@@ -405,6 +405,16 @@ def bank(profile=None, root=None) -> dict[str, list[str]]:
     return out
 
 
+def epochs_in_state(path: Path) -> int:
+    """The epochs a saved training state holds (0: none, or unreadable: the run starts over)."""
+    if not Path(path).is_file():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:  # a state fit cannot read is refused by fit itself, with its reason
+        return 0
+
+
 def banked_state(state: Path, profile=None, root=None) -> None:
     """Put the bank's saved state of a run at the training store's ``state`` path when there is none
     there (a run cut off in an earlier session resumes from it)."""

@@ -208,7 +208,7 @@ def load_teacher(kind: str = "cifar", profile: str | Profile | None = None, *, r
                               f"{TRAIN_ENV}=1) to train it now{hint}")
     if verbose:
         print(f"training the {spec['arch']['name']} teacher for profile {prof.name!r} -> {shown(path)} ({estimate})")
-    train_teacher(kind, prof, path, data=data, progress=progress)
+    train_teacher(kind, prof, path, data=data, progress=progress, root=root)
     return _load(path, spec)
 
 
@@ -246,10 +246,11 @@ def _check_data(data, spec: dict) -> None:
 
 
 def train_teacher(kind: str, profile: str | Profile | None, path: str | os.PathLike, *, data=None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, root: str | os.PathLike | None = None) -> Path:
     """Train the profile's teacher of ``kind`` with its recipe and save it (with history, test
     accuracy, wall time and library versions) to ``path``. Without a validation split the last
-    epoch is kept."""
+    epoch is kept. The training state is saved every epoch under ``root``'s training store
+    (:func:`state_path`), so a training cut off part-way resumes there."""
     from .data import get_data
     from .runtime import seed_everything
     from .train_eval import evaluate, fit
@@ -262,13 +263,39 @@ def train_teacher(kind: str, profile: str | Profile | None, path: str | os.PathL
     _check_data(data, spec)
     seed_everything(cfg.seed)
     model = build_model(spec["arch"]["name"], **spec["arch"]["kwargs"])
-    res = fit(model, data, cfg, progress=progress, desc=f"teacher {spec['arch']['name']}")
+    # The state is saved every epoch (and banked by `make bank`): a training cut off by a session's end
+    # continues from its last epoch, bit for bit, the next time the teacher is asked for.
+    state = state_path(kind, prof, root)
+    from . import runs
+    runs.banked_state(state, prof, root)
+    done_before = runs.epochs_in_state(state)
+    res = fit(model, data, cfg, progress=progress, desc=f"teacher {spec['arch']['name']}", state_path=state,
+              resume=True)
     test = evaluate(model, data, "test", device=cfg.device, precision=cfg.precision)
     history = [{k: float(v) for k, v in row.items()} for row in res.history.to_dict("records")]
     save_checkpoint(path, model, config=cfg.to_dict(), seed=cfg.seed,
                     metrics={"test_accuracy": test.accuracy, "test_errors": test.errors, "best_epoch": res.best_epoch,
-                             "best_val_acc": res.best_val_acc, "wall_time_s": res.wall_time_s,
+                             "best_val_acc": res.best_val_acc,
+                             # a resumed training's time includes the epochs trained before the cut
+                             "wall_time_s": res.wall_time_s + float(res.history["time_s"].iloc[:done_before].sum()),
+                             **({"resumed_after_epoch": done_before} if done_before else {}),
                              "precision_used": res.config["precision_used"], "profile": prof.name,
                              "train_images": len(data.y_train)},
                     extra={"teacher_spec": _plain(spec), "history": history})
+    for done in (state, runs.stores(prof, root)["bank"] / "_state" / state.name):  # it will never resume again
+        done.unlink(missing_ok=True)
     return Path(path)
+
+
+def state_path(kind: str = "cifar", profile: str | Profile | None = None,
+               root: str | os.PathLike | None = None) -> Path:
+    """Where the training state of the profile's ``kind`` teacher is saved every epoch: the training
+    store's ``_state/`` (:mod:`kd_utils.runs`), named by a digest of its specification and recipe, so
+    a changed recipe never resumes an old state."""
+    import hashlib
+    import json
+    from . import runs
+    prof = _profile(profile)
+    ident = {"spec": _plain(teacher_spec(prof, kind)), "config": prof.train(KINDS[kind]["recipe"]).to_dict()}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return runs.stores(prof, root)["training"] / "_state" / f"teacher-{kind}-{digest}.pth"

@@ -106,3 +106,35 @@ def test_committed_hinton_teacher_matches_its_record():
     errors = evaluate(model, get_data("mnist", val_fraction=0), "test", device="cpu", precision="fp32").errors
     assert errors <= 100  # a trained teacher, not a corrupted or untrained file
     assert abs(errors - payload["metrics"]["test_errors"]) <= 5  # recorded under bf16: a few images apart
+
+
+def test_a_teacher_training_cut_off_part_way_resumes_from_its_banked_state(tmp_path, capsys):
+    """A shared teacher's training outlasts a session: its state is saved every epoch, banked with the
+    runs, and the next request continues from the last epoch to the same weights as one unbroken run."""
+    from kd_utils import runs
+    from kd_utils.models import build_model
+    from kd_utils.runtime import seed_everything
+    from kd_utils.train_eval import fit
+    smoke = PROFILES["smoke"]
+    prof = Profile("smoke", smoke.train_subset, smoke.test_subset, smoke.seeds,
+                   {**smoke.recipes, "hinton_teacher": {**smoke.recipes["hinton_teacher"], "epochs": 2}}, smoke.models)
+    whole = T.hinton_teacher(prof, root=tmp_path / "whole", progress=False, train=True)
+    # what a session's end leaves: the state after epoch 1, banked, and no models/ folder any more
+    root = tmp_path / "cut"
+    state = T.state_path("hinton", prof, root)
+    assert state.name.startswith("teacher-hinton-") and state != T.state_path("hinton", "smoke", root)
+    cfg = prof.train("hinton_teacher")
+    seed_everything(cfg.seed)
+    data = get_data("mnist", val_fraction=0, **prof.data_kwargs())
+    fit(build_model("hinton_teacher"), data, cfg, progress=False, stop_after=1, state_path=state, resume=True)
+    assert runs.bank(prof, root)["states"] == [state.stem]
+    import shutil
+    shutil.rmtree(root / "models")
+    capsys.readouterr()
+    resumed = T.hinton_teacher(prof, root=root, progress=False, train=True)
+    assert resumed.checkpoint["metrics"]["resumed_after_epoch"] == 1
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed.history["train_loss"].tolist() == whole.history["train_loss"].tolist()
+    banked = runs.stores(prof, root)["bank"] / "_state" / state.name
+    assert not state.exists() and not banked.exists()  # finished: neither copy will be resumed again
