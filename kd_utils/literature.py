@@ -362,11 +362,14 @@ class Estimate:
     rows: pd.DataFrame
     total_hours: float
     missing: list[str]
+    fixed: list[str] = field(default_factory=list)  # rows of fixed costs (a teacher, cache builds), not methods
 
     def text(self) -> str:
         """e.g. "about 3.4 h of training for 4 methods (not counted, no measured epoch ratio: fsp)"."""
-        counted = len(self.rows) - len(self.missing)
+        counted = len(self.rows) - len(self.missing) - len(self.fixed)
         line = f"about {self.total_hours:.1f} h of training for {counted} method{'s' * (counted != 1)}"
+        if self.fixed:
+            line += " and " + ", ".join(self.fixed)
         if self.missing:
             line += f" (not counted, no measured epoch ratio: {', '.join(self.missing)})"
         return line
@@ -390,14 +393,17 @@ def _per_method(value: int | Mapping[str, int], name: str, methods: Sequence[str
 def compute_estimate(methods: Sequence[str], epochs: int | Mapping[str, int], seeds: int | Mapping[str, int],
                      ce_epoch_s: float, ratios: Mapping[str, float],
                      stage_epochs: Mapping[str, int] | None = None,
-                     stage_ratios: Mapping[str, float] | None = None) -> Estimate:
+                     stage_ratios: Mapping[str, float] | None = None,
+                     fixed_s: Mapping[str, float] | None = None) -> Estimate:
     """Hours each method's runs will take: ``epochs x seeds x ce_epoch_s x ratio`` (``ratios`` from
     :func:`load_epoch_ratios`; ``ce_epoch_s``: seconds of one cross-entropy epoch at the notebook's scale;
     ``epochs``/``seeds``: one number for all or a mapping over exactly ``methods``). The CE baseline
     ("ce") costs ratio 1 by definition; any other method without a ratio is reported in ``missing`` with
     NaN hours and left out of the total (never counted as 1). ``stage_epochs`` (method -> epochs of its
     pre-training stage, e.g. ab's ``init_epochs``) adds ``stage_epochs x seeds x ce_epoch_s x
-    stage_ratio`` per seed; a staged method without a stage ratio is missing too."""
+    stage_ratio`` per seed; a staged method without a stage ratio is missing too. ``fixed_s``: costs that
+    are not per-method epochs, in seconds (``{"teacher, 30 epochs": 2700, "teacher-output caches": 240}``),
+    one row each (epochs, seeds and ratio NaN), counted in the total."""
     methods = list(methods)
     if not methods or len(set(methods)) != len(methods):
         raise ValueError(f"methods must be a non-empty list of distinct names, got {methods}")
@@ -426,5 +432,13 @@ def compute_estimate(methods: Sequence[str], epochs: int | Mapping[str, int], se
         rows.append({"method": m, "epochs": ep[m], "seeds": sd[m], "ratio": ratio,
                      "stage_epochs": st.get(m, 0), "stage_ratio": s_ratio if staged else math.nan,
                      "hours": seconds / 3600})
+    fixed = dict(fixed_s or {})
+    for name, sec in fixed.items():
+        if name in methods or isinstance(sec, bool) or not isinstance(sec, (int, float, np.number)) \
+                or not (math.isfinite(sec) and sec >= 0):
+            raise ValueError(f"fixed_s[{name!r}] must be a non-negative number of seconds under a name that is not "
+                             f"a method, got {sec!r}")
+        rows.append({"method": name, "epochs": math.nan, "seeds": math.nan, "ratio": math.nan, "stage_epochs": 0,
+                     "stage_ratio": math.nan, "hours": float(sec) / 3600})
     df = pd.DataFrame(rows).set_index("method")
-    return Estimate(df, float(df["hours"].sum(skipna=True)), missing)
+    return Estimate(df, float(df["hours"].sum(skipna=True)), missing, list(fixed))

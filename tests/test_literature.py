@@ -248,3 +248,17 @@ def test_compute_estimate_refuses_bad_input():
         compute_estimate(["kd"], 10, 2, 30.0, {"kd": 1.0}, stage_epochs={"ab": 2})
     with pytest.raises(ValueError, match="distinct names"):
         compute_estimate(["kd", "kd"], 10, 2, 30.0, {"kd": 1.0})
+
+
+def test_compute_estimate_counts_fixed_costs_beside_the_methods():
+    est = compute_estimate(["ce", "kd"], epochs=10, seeds=3, ce_epoch_s=12.0, ratios={"kd": 1.5},
+                           fixed_s={"teacher, 30 epochs": 5400.0, "teacher-output caches": 360.0})
+    # ce 10*3*12 = 360 s, kd 540 s, teacher 5400 s, caches 360 s: 6660 s = 1.85 h
+    assert est.rows.loc["teacher, 30 epochs", "hours"] == pytest.approx(1.5)
+    assert math.isnan(est.rows.loc["teacher-output caches", "epochs"])
+    assert est.total_hours == pytest.approx(1.85) and est.missing == []
+    assert est.text() == "about 1.9 h of training for 2 methods and teacher, 30 epochs, teacher-output caches"
+    with pytest.raises(ValueError, match=r"fixed_s\['kd'\] must be a non-negative number of seconds under a name"):
+        compute_estimate(["kd"], 10, 2, 30.0, {"kd": 1.0}, fixed_s={"kd": 60.0})
+    with pytest.raises(ValueError, match=r"fixed_s\['teacher'\].*got -1"):
+        compute_estimate(["kd"], 10, 2, 30.0, {"kd": 1.0}, fixed_s={"teacher": -1})
