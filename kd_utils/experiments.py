@@ -504,12 +504,21 @@ def run_seeds(name: str, student: dict, data, cfg: TrainConfig, seeds, **kwargs:
     return [run_experiment(f"{name}-s{s}", student, data, cfg.replace(seed=int(s)), **kwargs) for s in seeds]
 
 
-def runs_table(runs: dict[str, list[Run]]) -> pd.DataFrame:
+def runs_table(runs: dict[str, list[Run]], teacher_logits: torch.Tensor | None = None) -> pd.DataFrame:
     """Mean and sample std of test accuracy per method over its seeds, with per-seed values and
-    the mean teacher agreement and ECE where known."""
+    the mean teacher agreement, ECE and epoch time where known: a column is kept when any method has
+    it, NaN for a method whose runs lack it (e.g. agreement of scratch runs trained without a teacher).
+    ``teacher_logits`` (test logits): agreement of every run with that teacher, from its stored logits."""
     from .analysis import seed_table
+
+    def value(r: Run, key: str) -> float:
+        if key == "agreement" and teacher_logits is not None:
+            return float((r.logits("test").argmax(1) == teacher_logits.argmax(1)).double().mean())
+        return float(r.metrics.get(key, float("nan")))
+
     extra = {}
     for key in ("agreement", "ece", "epoch_time_s"):
-        if all(key in r.metrics for rs in runs.values() for r in rs):
-            extra[key] = {m: [r.metrics[key] for r in rs] for m, rs in runs.items()}
+        per = {m: [value(r, key) for r in rs] for m, rs in runs.items()}
+        if any(v == v for vs in per.values() for v in vs):  # some run knows it
+            extra[key] = per
     return seed_table({m: [r.accuracy for r in rs] for m, rs in runs.items()}, extra)

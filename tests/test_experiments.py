@@ -261,6 +261,19 @@ def test_run_seeds_and_table(toy_cifar, tmp_path):
     table = runs_table({"ce": runs_})
     assert table.loc["ce", "n"] == 2
     assert table.loc["ce", "mean"] == sum(r.accuracy for r in runs_) / 2
+    # a teacher-free method beside a distilled one keeps the agreement column (NaN where unknown) ...
+    teacher = _teacher()
+    kd = run_seeds("kd", STUDENT, toy_cifar, _cfg(), [0], method="kd", teacher=teacher, profile="smoke", root=tmp_path,
+                   progress=False)
+    mixed = runs_table({"ce": runs_, "kd": kd})
+    assert mixed.loc["kd", "agreement_mean"] == kd[0].metrics["agreement"]
+    assert mixed.loc["ce", "agreement_mean"] != mixed.loc["ce", "agreement_mean"]  # NaN
+    # ... and given the teacher's test logits, every run's agreement comes from its stored logits
+    t_logits = E.predict(teacher, toy_cifar.loader("test", batch_size=1024), "cpu", E.EVAL_PRECISION)[0]
+    by_hand = [float((r.logits("test").argmax(1) == t_logits.argmax(1)).double().mean()) for r in runs_]
+    full = runs_table({"ce": runs_, "kd": kd}, teacher_logits=t_logits)
+    assert full.loc["ce", "agreement_mean"] == pytest.approx(sum(by_hand) / 2)
+    assert full.loc["kd", "agreement_mean"] == pytest.approx(kd[0].metrics["agreement"], abs=1e-6)
 
 
 def test_run_notebooks_hands_mode_session_and_notebook_to_the_kernel(tmp_path):
