@@ -181,31 +181,49 @@ def plot_loss_terms(
     path: str | os.PathLike | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Every ``train_loss_*`` column of one history (e.g. CE and KD terms) against ``epoch``.
+    """Every ``train_loss_*`` column (e.g. CE and KD terms) against ``epoch``: of one history, or of
+    several side by side (``{name: history}``, one panel each, a shared y axis so terms compare across
+    runs; a term keeps its colour in every panel).
 
-    Columns that are entirely NaN are skipped. Raises ``ValueError`` if the
-    history has no ``epoch`` column or no ``train_loss_*`` column.
+    Columns that are entirely NaN are skipped. Raises ``ValueError`` naming the history that has no
+    ``epoch`` column or no ``train_loss_*`` column.
     """
-    if not hasattr(history, "columns"):
-        raise ValueError(f"history must be a pandas DataFrame, got {type(history).__name__}")
-    if "epoch" not in history.columns:
-        raise ValueError(f"history has no 'epoch' column (columns: {list(history.columns)})")
-    cols = [c for c in history.columns if str(c).startswith("train_loss_")]
-    if not cols:
-        raise ValueError(f"history has no 'train_loss_*' columns (columns: {list(history.columns)})")
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
-    for col, color in zip(cols, _colors(len(cols))):
-        sub = history[["epoch", col]].dropna()
-        if sub.empty:
-            continue
-        ax.plot(sub["epoch"].to_numpy(), sub[col].to_numpy(dtype=float), color=color,
-                label=col[len("train_loss_"):])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss term")
-    ax.grid(True, alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize="small")
-    ax.set_title(title or "training loss terms")
+    histories = dict(history) if isinstance(history, Mapping) else {None: history}
+    if not histories:
+        raise ValueError("plot_loss_terms needs a history or a non-empty {name: history} mapping")
+    terms: list[str] = []
+    for name, h in histories.items():
+        which = "history" if name is None else f"history {name!r}"
+        if not hasattr(h, "columns"):
+            raise ValueError(f"{which} must be a pandas DataFrame, got {type(h).__name__}")
+        if "epoch" not in h.columns:
+            raise ValueError(f"{which} has no 'epoch' column (columns: {list(h.columns)})")
+        cols = [c for c in h.columns if str(c).startswith("train_loss_")]
+        if not cols:
+            raise ValueError(f"{which} has no 'train_loss_*' columns (columns: {list(h.columns)})")
+        terms += [c for c in cols if c not in terms]
+    color = dict(zip(terms, _colors(len(terms))))
+    n = len(histories)
+    fig, axes = plt.subplots(1, n, figsize=(6.0 if n == 1 else 4.2 * n, 4.0), layout="constrained",
+                             sharey=True, squeeze=False)
+    for ax, (name, h) in zip(axes[0], histories.items()):
+        for col in [c for c in terms if c in h.columns]:
+            sub = h[["epoch", col]].dropna()
+            if sub.empty:
+                continue
+            ax.plot(sub["epoch"].to_numpy(), sub[col].to_numpy(dtype=float), color=color[col],
+                    label=col[len("train_loss_"):])
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+        if name is not None:
+            ax.set_title(str(name), fontsize="medium")
+    axes[0][0].set_ylabel("loss term")
+    if n == 1 and None in histories:
+        axes[0][0].set_title(title or "training loss terms")
+    else:
+        fig.suptitle(title or "training loss terms")
     return _finish(fig, path)
 
 

@@ -131,6 +131,22 @@ def test_plot_loss_terms(tmp_path):
         PL.plot_loss_terms(_history(extra=False))
 
 
+def test_plot_loss_terms_of_several_runs_share_colours_and_axis(tmp_path):
+    a = _history()
+    b = _history().drop(columns=["train_loss_kd"]).assign(train_loss_ce=lambda d: d["train_loss_ce"] * 3)
+    fig = PL.plot_loss_terms({"kd": a, "scratch": b}, path=tmp_path / "two.png", title="terms")
+    assert [ax.get_title() for ax in fig.axes] == ["kd", "scratch"] and fig.get_suptitle() == "terms"
+    ce = [[ln for ln in ax.get_lines() if ln.get_label() == "ce"][0] for ax in fig.axes]
+    assert ce[0].get_color() == ce[1].get_color()  # a term keeps its colour across panels
+    assert [ln.get_label() for ln in fig.axes[1].get_lines()] == ["ce"]
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim()  # shared y axis
+    _assert_png(tmp_path / "two.png")
+    with pytest.raises(ValueError, match="history 'scratch' has no 'train_loss_\\*' columns"):
+        PL.plot_loss_terms({"kd": a, "scratch": _history(extra=False)})
+    with pytest.raises(ValueError, match="non-empty"):
+        PL.plot_loss_terms({})
+
+
 # --------------------------------------------------------------------------- comparisons
 
 
