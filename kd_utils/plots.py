@@ -424,11 +424,16 @@ def plot_curve(
     path: str | os.PathLike | None = None,
     yerr: Mapping[str, Sequence[float]] | None = None,
     title: str | None = None,
+    reference: Mapping[str, float] | None = None,
+    point_labels: Mapping[str, Sequence[str] | str] | None = None,
 ) -> Figure:
     """Line plot of one or more series against shared ``x`` (e.g. accuracy vs temperature).
 
     ``yerr`` optionally maps some series names to symmetric error bars of the same
     length. Every series must have ``len(x)`` points; NaN points are left as gaps.
+    ``reference``: ``{label: y}`` drawn as labelled dashed horizontal lines (e.g. the scratch student's
+    mean), not as flat series. ``point_labels``: ``{series: texts}`` written beside each point, one text
+    per point, or a format string applied to every y value (``"{:.1f}"``).
     """
     xs = _to_numpy(x, "x").astype(float)
     if xs.ndim != 1 or xs.size == 0:
@@ -450,6 +455,24 @@ def plot_curve(
         errs[name] = e
     if logx and np.any(xs <= 0):
         raise ValueError("logx=True needs all x values > 0")
+    texts = {}
+    for name, t in (point_labels or {}).items():
+        if name not in series:
+            raise ValueError(f"point_labels has key {name!r} that is not in ys {list(series)}")
+        if isinstance(t, str):
+            try:
+                t = ["" if not np.isfinite(v) else t.format(v) for v in series[name]]
+            except (ValueError, IndexError, KeyError) as e:
+                raise ValueError(f"point_labels[{name!r}] = {t!r} is not a format for one number ({e})") from None
+        t = [str(v) for v in t]
+        if len(t) != xs.size:
+            raise ValueError(f"point_labels[{name!r}] has {len(t)} texts but x has {xs.size} points")
+        texts[name] = t
+    refs = {}
+    for k, v in (reference or {}).items():
+        if not np.isfinite(float(v)):
+            raise ValueError(f"reference[{k!r}] must be a finite number, got {v!r}")
+        refs[str(k)] = float(v)
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
     handles = []  # explicit, so the legend follows the order of ``ys`` even with error bars
@@ -459,6 +482,12 @@ def plot_curve(
         else:
             (h,) = ax.plot(xs, v, color=color, marker="o", markersize=4, label=name)
         handles.append(h)
+        for xv, yv, t in zip(xs, v, texts.get(name, [])):
+            if t and np.isfinite(yv):
+                ax.annotate(t, (xv, yv), textcoords="offset points", xytext=(0, 6), ha="center",
+                            fontsize="x-small", color=color)
+    for (k, v), color in zip(refs.items(), _colors(len(series) + len(refs))[len(series):]):
+        handles.append(ax.axhline(v, color=color, linestyle="--", linewidth=1.2, label=k))
     _label_x(ax, xs, logx)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -363,3 +363,19 @@ def test_scatter_legend_can_sit_outside_the_axes():
     box = fig.axes[0].get_legend().get_window_extent()
     assert box.x0 >= fig.axes[0].get_window_extent().x1 - 1
     plt.close(fig)
+
+
+def test_plot_curve_reference_lines_and_point_labels():
+    fig = PL.plot_curve([1, 2, 4], {"kd": [10.0, 12.5, float("nan")], "mse": [9.0, 9.5, 9.75]}, "T", "errors",
+                        reference={"scratch (mean)": 11.0}, point_labels={"kd": "{:.1f}", "mse": ["a", "b", "c"]})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["10.0", "12.5", "a", "b", "c"]  # no text at a NaN point
+    ref = [ln for ln in ax.get_lines() if ln.get_label() == "scratch (mean)"][0]
+    assert list(ref.get_ydata()) == [11.0, 11.0] and ref.get_linestyle() == "--"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["kd", "mse", "scratch (mean)"]
+    with pytest.raises(ValueError, match="point_labels has key 'ce' that is not in ys"):
+        PL.plot_curve([1, 2], {"kd": [1, 2]}, "x", "y", point_labels={"ce": "{:.1f}"})
+    with pytest.raises(ValueError, match=r"point_labels\['kd'\] has 1 texts but x has 2 points"):
+        PL.plot_curve([1, 2], {"kd": [1, 2]}, "x", "y", point_labels={"kd": ["a"]})
+    with pytest.raises(ValueError, match=r"reference\['t'\] must be a finite number"):
+        PL.plot_curve([1, 2], {"kd": [1, 2]}, "x", "y", reference={"t": float("inf")})
