@@ -57,9 +57,8 @@ def mutual_loss(logits: torch.Tensor, temperature: float = 1.0, peers: str = "me
 # ------------------------------------------------------------ own plans ----
 def peer_plan_seed(plan_seed: int, peer: int) -> int:
     """The plan seed of peer ``peer`` of a cohort trained on ``plans="own"``: the run's own ``plan_seed``
-    for peer 0, else a seed derived by hashing (plan seed, peer). The loader seeds epoch ``e`` with
-    ``seed + e``, so consecutive integers would give peer 1 peer 0's plan shifted by one epoch; the
-    hashed seeds are far apart (and far from the small seeds runs use), so no two peers share an epoch."""
+    for peer 0, else a seed derived by hashing (plan seed, peer), far from the small seeds runs use, so a
+    peer's plan is never another run's (the loader's streams never overlap across seeds either)."""
     if isinstance(peer, bool) or not isinstance(peer, int) or peer < 0:
         raise ValueError(f"peer must be an int >= 0, got {peer!r}")
     if isinstance(plan_seed, bool) or not isinstance(plan_seed, int):

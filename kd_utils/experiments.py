@@ -221,7 +221,7 @@ def run_spec(student: dict, data, cfg: TrainConfig, method: str, method_kwargs: 
             "config": cfg.to_dict(), "data": data_fingerprint(data), "test_n": int(len(data.y_test)),
             "teacher_sha256": teacher_digest(teacher) if teacher is not None else None,
             "plan": {"seed": cfg.plan_seed, "augment": cfg.augment},
-            "numerics": numerics.versions_for(DISTILLERS[method], teacher is not None)}
+            "numerics": numerics.versions_for(DISTILLERS[method], teacher is not None, cfg.plan_seed)}
 
 
 def student_spec(student: Any) -> dict:

@@ -26,17 +26,17 @@ import hashlib
 import inspect
 
 NUMERICS: dict[str, int] = {
-    "data": 1,
+    "data": 2,  # 2: epoch streams seeded seed * EPOCH_STRIDE + epoch (1: seed + epoch; see data_version)
     "models": 1,
     "loop": 1,
     "teacher_outputs": 1,
     "logit": 1,
     "feature": 1,
-    "ensemble": 1,
+    "ensemble": 2,  # 2: own-plan peers draw data v2 streams
     # kd_utils.methods: one family per method module
     "dkd": 1, "dist": 1, "crd": 1, "rkd": 1, "sp": 1, "cc": 1, "vid": 1, "nst": 1, "ofd": 1, "reviewkd": 1,
     "ab": 1, "ft": 1, "fsp": 1, "kdsvd": 1,
-    "kdcl": 1,  # online distillation without a teacher (kd_utils.methods.kdcl)
+    "kdcl": 2,  # online distillation without a teacher (kd_utils.methods.kdcl)
     "controls": 1,  # label_smoothing, kd_permuted, pseudo_label (kd_utils.methods.controls)
 }
 BASE_FAMILIES = ("data", "models", "loop")
@@ -47,13 +47,22 @@ def family_of(distiller_cls: type) -> str | None:
     return getattr(distiller_cls, "family", None)
 
 
-def versions_for(distiller_cls: type, uses_teacher: bool) -> dict[str, int | str]:
+def data_version(plan_seed: int | None) -> int:
+    """The ``data`` version a run on plan ``plan_seed`` depends on. Version 2 changed the batches of plan
+    seeds other than 0 only (seed 0's streams are bit-identical), so plan-seed-0 runs keep version 1
+    and their keys: a change invalidates exactly the runs whose numbers it moves."""
+    v = NUMERICS["data"]
+    return 1 if v == 2 and plan_seed == 0 else v
+
+
+def versions_for(distiller_cls: type, uses_teacher: bool, plan_seed: int | None = None) -> dict[str, int | str]:
     """The numerics versions a run of ``distiller_cls`` depends on.
 
     A distiller defined outside ``kd_utils`` (a user's own method) is also keyed on a digest of its class
     source (``"external"``), so editing it retrains its runs and nothing else.
     """
     out: dict[str, int | str] = {f: NUMERICS[f] for f in BASE_FAMILIES}
+    out["data"] = data_version(plan_seed)
     if uses_teacher:
         out["teacher_outputs"] = NUMERICS["teacher_outputs"]
     fam = family_of(distiller_cls)

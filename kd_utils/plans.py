@@ -2,7 +2,7 @@
 
 An *augmentation plan* is the complete, seeded description of what a training run sees: the sample
 order of every epoch and each sample's crop offsets and flip. :class:`~kd_utils.data.BatchLoader`
-draws both from a generator seeded ``seed + epoch``, so the plan is fixed by (data, batch size,
+draws both from a generator seeded per (plan seed, epoch) (:func:`kd_utils.data.loader.epoch_seed`), so the plan is fixed by (data, batch size,
 augmentation, plan seed, epochs) and two runs with the same plan see bit-identical batches whatever
 their model seed.
 
@@ -38,14 +38,14 @@ from .progress import progress as progress_bar
 
 from .digests import data_fingerprint, state_digest, tensor_digest  # noqa: F401 (tensor_digest re-exported)
 
-FORMAT = "kd_utils/teacher-outputs/1"
+FORMAT = "kd_utils/teacher-outputs/2"  # 2: plans of seeds > 0 draw other batches (data numerics v2)
 STORAGE_DTYPE = torch.float16  # logits need ~3 significant digits; fp16 halves the cache (see BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
 class AugmentationPlan:
     """What a run sees: ``epochs`` passes over the train split in batches of ``batch_size``,
-    shuffled and augmented from generators seeded ``seed + epoch``."""
+    shuffled and augmented from generators seeded per (seed, epoch) (``kd_utils.data.loader.epoch_seed``)."""
     augment: str | None
     batch_size: int
     seed: int

@@ -679,3 +679,24 @@ def test_wrong_content_in_a_valid_archive(raw, tmp_path, monkeypatch):
     (tmp_path / "downloads" / source.filename).write_bytes(content)
     with pytest.raises(D.DataError, match="corrupt archive.*1/256"):
         D.load_raw("mnist", root=tmp_path)
+
+
+def test_no_two_plan_seeds_share_an_epoch_and_seed_0_is_unchanged():
+    """Seeding epoch e of plan s with s + e (data numerics v1) made seed s+1 replay seed s's epoch e+1;
+    now every (seed, epoch) has its own stream, and plan seed 0 still draws seed + epoch = epoch."""
+    from kd_utils.data.loader import EPOCH_STRIDE, epoch_seed
+    from conftest import make_bundle
+    b = make_bundle(n_train=200, n_val=0, n_test=10, shape=(3, 32, 32))
+
+    def orders(seed, epochs=3):
+        ld = b.loader("train", batch_size=200, shuffle=True, augment="crop_flip", seed=seed)
+        return [next(iter(ld))[0] for _ in range(epochs)]
+
+    s0, s1, s2 = orders(0), orders(1), orders(2)
+    assert not torch.equal(s1[0], s0[1]) and not torch.equal(s2[0], s1[1]) and not torch.equal(s2[0], s0[2])
+    assert not torch.equal(s0[0], s0[1])  # each epoch differs
+    assert all(torch.equal(a, c) for a, c in zip(s0, orders(0)))  # a plan replays bit for bit
+    assert [epoch_seed(0, e) for e in range(3)] == [0, 1, 2]  # seed 0's streams as in v1
+    assert epoch_seed(1, 0) == EPOCH_STRIDE and len({epoch_seed(s, e) for s in range(4) for e in range(50)}) == 200
+    with pytest.raises(ValueError, match="epoch must be in"):
+        epoch_seed(1, EPOCH_STRIDE)

@@ -403,3 +403,13 @@ def test_restore_best_false_keeps_the_last_epoch_and_keys_only_itself(toy_cifar,
         assert torch.equal(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(best.model.state_dict().values(), last.model.state_dict().values()))
     assert run_experiment("r", STUDENT, toy_cifar, cfg, restore_best=False, **kw).reused
+
+
+def test_the_data_v2_seeding_changes_the_keys_of_exactly_the_runs_on_other_plan_seeds(toy_cifar):
+    """Data numerics v2 moved only plans with seed > 0: runs on plan seed 0 keep data v1 (their keys and
+    stored runs stay valid), every other plan seed is keyed on v2."""
+    assert numerics.NUMERICS["data"] == 2
+    seed0 = run_spec(STUDENT, toy_cifar, _cfg(), "ce", {}, None)
+    seed1 = run_spec(STUDENT, toy_cifar, _cfg(seed=1), "ce", {}, None)
+    shared = run_spec(STUDENT, toy_cifar, _cfg(seed=1, data_seed=0), "ce", {}, None)  # model seed 1 on plan 0
+    assert seed0["numerics"]["data"] == 1 and shared["numerics"]["data"] == 1 and seed1["numerics"]["data"] == 2

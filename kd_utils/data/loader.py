@@ -17,6 +17,20 @@ def _share(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return lo, lo + base + (rank < extra)
 
 
+EPOCH_STRIDE = 1_000_000  # epochs a plan can have before its stream would reach the next seed's
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of epoch ``epoch`` of plan ``seed``: ``seed * EPOCH_STRIDE + epoch``.
+
+    Seeding ``seed + epoch`` (numerics ``data`` v1) made seed s+1 replay seed s's epochs one epoch later
+    (seeds 0-2 of a 15-epoch run shared 14 epochs), so the spread over seeds missed most of the data-order
+    and augmentation variance. Plan seed 0 draws exactly what it drew before."""
+    if not 0 <= epoch < EPOCH_STRIDE:
+        raise ValueError(f"epoch must be in [0, {EPOCH_STRIDE}), got {epoch}")
+    return seed * EPOCH_STRIDE + epoch
+
+
 class BatchLoader:
     """Iterate over in-memory uint8 images in batches of normalised float32 tensors.
 
@@ -25,9 +39,10 @@ class BatchLoader:
     ``extras`` (first dimension = number of samples, e.g. cached teacher logits) sliced with the
     same indices as ``x``. Data are moved to ``device`` once, at construction.
 
-    Shuffling and augmentation draw from a CPU ``torch.Generator`` seeded ``seed + epoch``; the
-    epoch counter starts at 0 and goes up by one on every ``iter()``, so two loaders built alike
-    give identical batches and each epoch differs. ``set_epoch(e)`` sets the epoch of the next pass.
+    Shuffling and augmentation draw from a CPU ``torch.Generator`` seeded :func:`epoch_seed`
+    ``(seed, epoch)``; the epoch counter starts at 0 and goes up by one on every ``iter()``, so two
+    loaders built alike give identical batches, each epoch differs, and no two seeds share an epoch.
+    ``set_epoch(e)`` sets the epoch of the next pass.
 
     With ``augment`` the images change every epoch while ``extras`` do not: extras computed from
     un-augmented images (like cached teacher logits) are then stale; that choice is left to the caller.
@@ -106,7 +121,7 @@ class BatchLoader:
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next pass use ``seed + epoch`` (e.g. to resume a run mid-way)."""
+        """Make the next pass epoch ``epoch`` of the plan (e.g. to resume a run mid-way)."""
         self._epoch = int(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -121,7 +136,7 @@ class BatchLoader:
                 raise ValueError(f"epoch_extras cover {extra.shape[0]} epoch(s) of the plan; epoch {epoch + 1} "
                                  "was asked for (train for fewer epochs or rebuild them for this many)")
         per_epoch = [e[epoch] for e in self.epoch_extras]
-        generator = torch.Generator().manual_seed(self.seed + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(self.num_samples, generator=generator).to(self.device) if self.shuffle else None
         stop = len(self) * self.batch_size if self.drop_last else self.num_samples
         for start in range(0, stop, self.batch_size):
