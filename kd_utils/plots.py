@@ -559,18 +559,27 @@ def plot_mean_std_bars(
     title: str | None = None,
     reference: Mapping[str, float] | None = None,
     path: str | os.PathLike | None = None,
+    error: str = "std",
 ) -> Figure:
-    """Bars of ``table["mean"]`` with ``table["std"]`` error bars (one row per method, e.g. from
-    :func:`kd_utils.analysis.seed_table`), every seed's value drawn as a dot on its bar. ``reference``:
+    """Bars of ``table["mean"]`` with error bars (one row per method, e.g. from
+    :func:`kd_utils.analysis.seed_table`), every seed's value drawn as a dot on its bar. ``error``:
+    ``"std"`` (the spread over seeds, ``table["std"]``) or ``"se"`` (the standard error of the mean,
+    std / sqrt(n), which needs an ``n`` column); the choice is named in the y label. ``reference``:
     values to mark, ``{name: value}``: on the bar of that name, or as a labelled dashed line across the
     chart when no bar has the name (e.g. ``{"teacher": 0.90}``); the y range includes them."""
     if not hasattr(table, "columns") or not {"mean", "std"} <= set(table.columns):
         raise ValueError("table must be a DataFrame with 'mean' and 'std' columns")
+    if error not in ("std", "se"):
+        raise ValueError(f"error must be 'std' or 'se', got {error!r}")
+    if error == "se" and "n" not in table.columns:
+        raise ValueError("error='se' needs an 'n' column (runs per row), as seed_table gives")
     if len(table) == 0:
         raise ValueError("table is empty")
     names = [str(i) for i in table.index]
     mean = table["mean"].to_numpy(float) * scale
     std = np.nan_to_num(table["std"].to_numpy(float) * scale)
+    if error == "se":
+        std = std / np.sqrt(table["n"].to_numpy(float))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 4.0), layout="constrained")
     x = np.arange(len(names))
     bars = ax.bar(x, mean, yerr=std, capsize=4, color=_colors(len(names)), width=0.7)
@@ -595,7 +604,8 @@ def plot_mean_std_bars(
     ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
     # the axis starts near the bars' tops so that differences of a point stay visible: say so, since
     # bar heights are then not proportional to the values
-    ax.set_ylabel(f"{ylabel}, axis from {bottom:.1f}" if bottom > 0 else ylabel)
+    bars_are = "mean ± std over seeds" if error == "std" else "mean ± standard error"
+    ax.set_ylabel(f"{ylabel} ({bars_are}), axis from {bottom:.1f}" if bottom > 0 else f"{ylabel} ({bars_are})")
     ax.grid(True, axis="y", alpha=0.3)
     if title:
         ax.set_title(title)

@@ -293,12 +293,26 @@ def test_mean_std_bars_say_where_a_truncated_axis_starts():
     fig = PL.plot_mean_std_bars(table)
     ax = fig.axes[0]
     bottom = ax.get_ylim()[0]
-    assert bottom > 0 and ax.get_ylabel() == f"test accuracy (%), axis from {bottom:.1f}"
+    assert bottom > 0 and ax.get_ylabel() == f"test accuracy (%) (mean ± std over seeds), axis from {bottom:.1f}"
     plt.close(fig)
     from_zero = pd.DataFrame({"mean": [0.02, 0.9], "std": [0.01, 0.01]}, index=["a", "b"])
     fig = PL.plot_mean_std_bars(from_zero)
-    assert fig.axes[0].get_ylabel() == "test accuracy (%)"
+    assert fig.axes[0].get_ylabel() == "test accuracy (%) (mean ± std over seeds)"
     plt.close(fig)
+
+
+def test_mean_std_bars_can_show_the_standard_error():
+    table = pd.DataFrame({"mean": [0.80, 0.82], "std": [0.004, 0.006], "n": [4, 9]}, index=["scratch", "kd"])
+    fig = PL.plot_mean_std_bars(table, error="se")
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "80.00±0.20" in texts and "82.00±0.20" in texts  # 0.4/sqrt(4), 0.6/sqrt(9) points
+    assert "(mean ± standard error)" in ax.get_ylabel()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="error='se' needs an 'n' column"):
+        PL.plot_mean_std_bars(table.drop(columns=["n"]), error="se")
+    with pytest.raises(ValueError, match="error must be 'std' or 'se', got 'sem'"):
+        PL.plot_mean_std_bars(table, error="sem")
 
 
 def test_plot_curve_errors():
