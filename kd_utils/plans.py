@@ -17,7 +17,9 @@ instead of running the teacher::
 
 Cache key: teacher weights checksum, data set (name, split indices, pixel and label checksums,
 normalisation), the plan, the embedding layer, the device type and precision of the teacher pass,
-and the storage format: a stale cache cannot be found. Each model seed replays its own plan by
+and the storage format: a stale cache cannot be found. Plans that differ only in length share their
+first epochs: a longer plan computes only the epochs a cached shorter one lacks, and a shorter plan is
+served from a longer one. Each model seed replays its own plan by
 default (``TrainConfig.data_seed=None``), so seeds differ in data as well as initialisation; sharing
 one plan across seeds (``data_seed=k``) makes them cheaper (one cache) but hides the variance that
 comes from the data order and augmentation, so the spread over seeds then understates the real one.
@@ -29,6 +31,7 @@ import io
 import json
 import os
 import warnings
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,14 +118,18 @@ def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_l
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     key, fields = cache_key(teacher, data, plan, embed_layer, dev, prec)
-    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = path / f"{data.name}-plan{plan.seed}-e{plan.epochs}-{key[:16]}.pt"
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = _entry(folder, data, plan, _lineage(teacher, data, plan, embed_layer, dev, prec))
     existed = path.exists()
     if existed:
         try:
             return _read(path, key)
         except ValueError as e:
             warnings.warn(f"rebuilding the teacher-output cache: {e}", stacklevel=2)
+    longer = _other_length(folder, data, plan, teacher, embed_layer, dev, prec, longer=True)
+    if longer is not None:  # a longer plan of the same seed begins with this one's epochs
+        return TeacherOutputs(longer.logits[:plan.epochs], None if longer.embedding is None else
+                              longer.embedding[:plan.epochs], longer.path, key, built=False)
     from .locks import FileLock
     # one process builds an entry; the others (a sweep's workers on the same plan) wait, then read it
     with FileLock(path.with_name(path.name + ".lock"), what=f"teacher outputs {path.name}",
@@ -132,13 +139,52 @@ def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_l
                 return _read(path, key)
             except ValueError as e:
                 warnings.warn(f"rebuilding the teacher-output cache: {e}", stacklevel=2)
-        logits, embedding = _compute(teacher, data, plan, embed_layer, dev, prec, progress)
+        # a shorter plan of the same seed: only the epochs it lacks are computed
+        shorter = _other_length(folder, data, plan, teacher, embed_layer, dev, prec, longer=False)
+        start = 0 if shorter is None else shorter.logits.shape[0]
+        logits, embedding = _compute(teacher, data, plan, embed_layer, dev, prec, progress, start=start)
+        if shorter is not None:
+            logits = torch.cat([shorter.logits, logits])
+            embedding = None if embedding is None else torch.cat([shorter.embedding, embedding])
         _write(path, key, fields, logits, embedding)
     return TeacherOutputs(logits, embedding, path, key, built=True)
 
 
+def _lineage(teacher, data, plan: AugmentationPlan, embed_layer, dev, prec) -> str:
+    """The cache key without the plan's length: plans that differ only in epochs share their first
+    epochs (epoch e of a plan is drawn from its own seeded stream, whatever the length)."""
+    return cache_key(teacher, data, dataclasses.replace(plan, epochs=0), embed_layer, dev, prec)[0]
+
+
+def _entry(folder: Path, data, plan: AugmentationPlan, lineage: str) -> Path:
+    return folder / f"{data.name}-plan{plan.seed}-e{plan.epochs}-{lineage[:16]}.pt"
+
+
+def _other_length(folder: Path, data, plan: AugmentationPlan, teacher, embed_layer, dev, prec, *,
+                  longer: bool) -> TeacherOutputs | None:
+    """The valid cache entry of the same lineage closest in length: the shortest longer plan, or the
+    longest shorter one (None if there is none)."""
+    lineage = _lineage(teacher, data, plan, embed_layer, dev, prec)
+    lengths = []
+    for p in folder.glob(f"{data.name}-plan{plan.seed}-e*-{lineage[:16]}.pt"):
+        try:
+            lengths.append(int(p.name.split("-e")[-1].split("-")[0]))
+        except ValueError:
+            continue
+    lengths = sorted((e for e in lengths if (e > plan.epochs if longer else e < plan.epochs)), reverse=not longer)
+    for e in lengths:
+        other = dataclasses.replace(plan, epochs=e)
+        try:
+            return _read(_entry(folder, data, other, lineage),
+                         cache_key(teacher, data, other, embed_layer, dev, prec)[0])
+        except ValueError:
+            continue  # corrupt or foreign: the next candidate, else a full build
+    return None
+
+
 @torch.no_grad()
-def _compute(teacher, data, plan, embed_layer, dev, prec, progress):
+def _compute(teacher, data, plan, embed_layer, dev, prec, progress, start: int = 0):
+    """The teacher's outputs for epochs ``start .. plan.epochs - 1`` of the plan."""
     from .feature_kd import FeatureHooks, pooled
     from .runtime import autocast
     from .train_eval import uses_channels_last
@@ -146,10 +192,11 @@ def _compute(teacher, data, plan, embed_layer, dev, prec, progress):
     teacher.eval().to(dev)
     channels_last = uses_channels_last(teacher)
     loader = plan.loader(data, device=dev, channels_last=channels_last)
+    loader.set_epoch(start)
     hooks = FeatureHooks(teacher, [embed_layer]) if embed_layer else None
     logits, embedding = [], []
     try:
-        for _ in progress_bar(range(plan.epochs), desc="teacher outputs", unit="epoch", disable=not progress, leave=False):
+        for _ in progress_bar(range(start, plan.epochs), desc="teacher outputs", unit="epoch", disable=not progress, leave=False):
             ep_logits, ep_emb = [], []
             for x, _y in loader:
                 with autocast(dev, prec):

@@ -177,3 +177,32 @@ def test_resume_with_cached_plan_outputs_ends_like_an_uninterrupted_run(toy_cifa
     resumed = run(tmp_path / "state.pt", resume=True)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_plans_differing_only_in_length_share_their_first_epochs(toy_cifar, tmp_path, monkeypatch):
+    """Epoch e of a plan is the same whatever its length: a longer plan computes only the epochs a cached
+    shorter one lacks, and a shorter plan is served from a longer one's first epochs; both equal a fresh
+    build, bit for bit."""
+    import kd_utils.plans as P
+    teacher = _teacher()
+    kw = dict(device="cpu", precision="fp32", progress=False)
+    fresh = {e: teacher_outputs(teacher, toy_cifar, AugmentationPlan("crop_flip", 64, 1, e), cache_dir=tmp_path / f"f{e}",
+                                embed_layer="stage5", **kw) for e in (1, 2, 3)}
+    computed = []
+    real = P._compute
+    monkeypatch.setattr(P, "_compute", lambda *a, start=0, **k: (computed.append((a[2].epochs, start)),
+                                                                   real(*a, start=start, **k))[1])
+    shared = tmp_path / "shared"
+    two = teacher_outputs(teacher, toy_cifar, AugmentationPlan("crop_flip", 64, 1, 2), cache_dir=shared,
+                          embed_layer="stage5", **kw)
+    three = teacher_outputs(teacher, toy_cifar, AugmentationPlan("crop_flip", 64, 1, 3), cache_dir=shared,
+                            embed_layer="stage5", **kw)
+    one = teacher_outputs(teacher, toy_cifar, AugmentationPlan("crop_flip", 64, 1, 1), cache_dir=shared,
+                          embed_layer="stage5", **kw)
+    assert computed == [(2, 0), (3, 2)]  # the 3-epoch plan computed its last epoch only; the 1-epoch one nothing
+    assert three.built and not one.built and one.path == two.path  # the shortest longer entry serves it
+    for e, outs in ((1, one), (2, two), (3, three)):
+        assert torch.equal(outs.logits, fresh[e].logits) and torch.equal(outs.embedding, fresh[e].embedding), e
+    # another seed or augmentation is another lineage: nothing is shared
+    assert teacher_outputs(teacher, toy_cifar, AugmentationPlan("crop_flip", 64, 2, 1), cache_dir=shared, **kw).built
+    assert computed[-1] == (1, 0)
