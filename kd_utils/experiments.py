@@ -504,11 +504,28 @@ def run_seeds(name: str, student: dict, data, cfg: TrainConfig, seeds, **kwargs:
     return [run_experiment(f"{name}-s{s}", student, data, cfg.replace(seed=int(s)), **kwargs) for s in seeds]
 
 
-def runs_table(runs: dict[str, list[Run]], teacher_logits: torch.Tensor | None = None) -> pd.DataFrame:
-    """Mean and sample std of test accuracy per method over its seeds, with per-seed values and
-    the mean teacher agreement, ECE and epoch time where known: a column is kept when any method has
-    it, NaN for a method whose runs lack it (e.g. agreement of scratch runs trained without a teacher).
-    ``teacher_logits`` (test logits): agreement of every run with that teacher, from its stored logits."""
+def run_metric(run: Run, metric: str) -> float:
+    """One number of a run: ``"test_accuracy"``, any key of its record's metrics (``"best_val_acc"``,
+    ``"ece"``, ...), or ``"final_<history column>"`` (the last epoch's value, e.g. ``"final_train_acc"``)."""
+    if metric == "test_accuracy":
+        return float(run.accuracy)
+    if metric in run.metrics:
+        return float(run.metrics[metric])
+    column = metric[len("final_"):] if metric.startswith("final_") else None
+    if column is not None and column in run.history.columns:
+        return float(run.history[column].iloc[-1])
+    raise ValueError(f"run {run.name!r} has no metric {metric!r}; allowed: test_accuracy, "
+                     f"{', '.join(sorted(k for k, v in run.metrics.items() if isinstance(v, (int, float))))}, "
+                     f"or final_<column> of its history ({', '.join(map(str, run.history.columns))})")
+
+
+def runs_table(runs: dict[str, list[Run]], teacher_logits: torch.Tensor | None = None,
+               metric: str = "test_accuracy") -> pd.DataFrame:
+    """Mean and sample std of ``metric`` (:func:`run_metric`; default test accuracy) per method over its
+    seeds, with per-seed values and the mean teacher agreement, ECE and epoch time where known: a column
+    is kept when any method has it, NaN for a method whose runs lack it (e.g. agreement of scratch runs
+    trained without a teacher). ``teacher_logits`` (test logits): agreement of every run with that
+    teacher, from its stored logits."""
     from .analysis import seed_table
 
     def value(r: Run, key: str) -> float:
@@ -521,4 +538,4 @@ def runs_table(runs: dict[str, list[Run]], teacher_logits: torch.Tensor | None =
         per = {m: [value(r, key) for r in rs] for m, rs in runs.items()}
         if any(v == v for vs in per.values() for v in vs):  # some run knows it
             extra[key] = per
-    return seed_table({m: [r.accuracy for r in rs] for m, rs in runs.items()}, extra)
+    return seed_table({m: [run_metric(r, metric) for r in rs] for m, rs in runs.items()}, extra)

@@ -274,6 +274,13 @@ def test_run_seeds_and_table(toy_cifar, tmp_path):
     full = runs_table({"ce": runs_, "kd": kd}, teacher_logits=t_logits)
     assert full.loc["ce", "agreement_mean"] == pytest.approx(sum(by_hand) / 2)
     assert full.loc["kd", "agreement_mean"] == pytest.approx(kd[0].metrics["agreement"], abs=1e-6)
+    # another metric than test accuracy: a record field, or a history column's last epoch
+    val = runs_table({"ce": runs_}, metric="best_val_acc")
+    assert val.loc["ce", "per_seed"] == [r.metrics["best_val_acc"] for r in runs_]
+    train = runs_table({"ce": runs_}, metric="final_train_acc")
+    assert train.loc["ce", "per_seed"] == [float(r.history["train_acc"].iloc[-1]) for r in runs_]
+    with pytest.raises(ValueError, match="has no metric 'val_accuracy'; allowed: test_accuracy, .*best_val_acc"):
+        runs_table({"ce": runs_}, metric="val_accuracy")
 
 
 def test_run_notebooks_hands_mode_session_and_notebook_to_the_kernel(tmp_path):
