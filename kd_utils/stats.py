@@ -107,6 +107,60 @@ def differences_table(groups: Mapping[str, Sequence[float]], baseline: str, *, p
     return pd.DataFrame(rows).set_index("method")
 
 
+def pairs_table(groups: Mapping[str, Sequence[float]], pairs: Sequence[tuple[str, str]], *, paired: bool = False,
+                scale: float = 100.0) -> pd.DataFrame:
+    """Any chosen comparisons ``[(a, b), ...]`` of ``groups``: one row ``"a - b"`` each, with the columns of
+    :func:`differences_table` (``a``'s mean as ``mean``, ``b``'s as ``baseline mean``)."""
+    unknown = sorted({n for pair in pairs for n in pair} - set(groups))
+    if unknown or not pairs:
+        raise ValueError(f"pairs must name groups among {sorted(groups)}; " +
+                         (f"unknown: {unknown}" if unknown else "got none"))
+    rows = []
+    for a, b in pairs:
+        d = difference(groups[a], groups[b], names=(a, b), paired=paired, scale=scale)
+        rows.append({"comparison": f"{a} - {b}", "mean": d.mean_a, "baseline mean": d.mean_b, "difference": d.diff,
+                     "se": d.se, "ci95_low": d.ci95[0], "ci95_high": d.ci95[1], "p": d.p_value,
+                     "inside_noise": d.noise})
+    return pd.DataFrame(rows).set_index("comparison")
+
+
+@dataclass(frozen=True)
+class Share:
+    """``(part - base) / (whole - base)``: how much of ``whole``'s gain over ``base`` ``part`` reaches, with
+    its delta-method standard error over paired seeds."""
+    share: float
+    se: float
+    part_gain: float   # mean of part - base, in points
+    whole_gain: float  # mean of whole - base, in points
+    n: int
+
+    def text(self, names: tuple[str, str] = ("part", "whole")) -> str:
+        return (f"{names[0]} reaches {self.share:.2f} ± {self.se:.2f} of {names[1]}'s gain "
+                f"({self.part_gain:+.2f} of {self.whole_gain:+.2f} points; SE by the delta method, paired over "
+                f"{self.n} seeds)")
+
+
+def share_of_gain(part: Sequence[float], whole: Sequence[float], base: Sequence[float], *,
+                  scale: float = 100.0) -> Share:
+    """How much of ``whole``'s gain over ``base`` (e.g. KD over scratch) ``part`` (a control) reaches,
+    seeds paired (the i-th values of all three share a seed). With per-seed gains ``g_p = part - base`` and
+    ``g_w = whole - base``, means ``m_p``, ``m_w``: share ``m_p / m_w`` and, by the delta method,
+    ``Var = (Var(m_p) - 2 r Cov(m_p, m_w) + r^2 Var(m_w)) / m_w^2`` with ``r = m_p / m_w``. A whole gain
+    inside its own noise makes the share meaningless: the SE is then large, and the caller should say so."""
+    vp, vw, vb = (_values(x, n) * scale for x, n in ((part, "part"), (whole, "whole"), (base, "base")))
+    if not vp.size == vw.size == vb.size:
+        raise ValueError(f"share_of_gain pairs seeds: part, whole and base need as many values each, got "
+                         f"{vp.size}, {vw.size}, {vb.size}")
+    gp, gw = vp - vb, vw - vb
+    mp, mw, n = float(gp.mean()), float(gw.mean()), gp.size
+    if mw == 0:
+        raise ValueError("whole - base has mean 0: no gain to take a share of")
+    r = mp / mw
+    cov = np.cov(gp, gw, ddof=1) / n
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / mw ** 2
+    return Share(r, float(math.sqrt(max(var, 0.0))), mp, mw, int(n))
+
+
 def seed_entry(values: Sequence[float]) -> dict[str, object]:
     """A results file's entry for one method: ``{"accuracy_per_seed", "mean", "std"}`` (sample std,
     ddof 1; 0.0 for a single seed), values as given (fractions)."""

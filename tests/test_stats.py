@@ -6,7 +6,7 @@ import math
 import pytest
 from scipy import stats as st
 
-from kd_utils.stats import difference, differences_table, seed_entry
+from kd_utils.stats import difference, differences_table, pairs_table, seed_entry, share_of_gain
 
 KD = [0.8312, 0.8290, 0.8345]
 CE = [0.8201, 0.8190, 0.8242]
@@ -64,3 +64,32 @@ def test_seed_entry_is_the_results_files_shape():
     assert seed_entry([0.5])["std"] == 0.0
     with pytest.raises(ValueError, match="non-empty list of finite numbers"):
         seed_entry([])
+
+
+def test_pairs_table_compares_the_chosen_pairs():
+    g = {"ls": [0.801, 0.803, 0.800], "kd": [0.812, 0.815, 0.811], "ce": [0.795, 0.799, 0.796]}
+    t = pairs_table(g, [("kd", "ls"), ("ls", "ce")], paired=True)
+    assert list(t.index) == ["kd - ls", "ls - ce"]
+    d = difference(g["kd"], g["ls"], paired=True)
+    assert t.loc["kd - ls", "difference"] == pytest.approx(d.diff) and t.loc["kd - ls", "se"] == pytest.approx(d.se)
+    with pytest.raises(ValueError, match=r"unknown: \['dkd'\]"):
+        pairs_table(g, [("dkd", "ce")])
+
+
+def test_share_of_gain_by_the_delta_method_in_vector_form():
+    import numpy as np
+    part, whole, base = [0.805, 0.809, 0.803], [0.812, 0.818, 0.811], [0.795, 0.799, 0.797]
+    s = share_of_gain(part, whole, base)
+    gp = 100 * (np.array(part) - base)
+    gw = 100 * (np.array(whole) - base)
+    assert s.share == pytest.approx(gp.mean() / gw.mean())
+    grad = np.array([1 / gw.mean(), -gp.mean() / gw.mean() ** 2])  # d(m_p/m_w)/d(m_p, m_w)
+    sigma = np.cov(np.vstack([gp, gw]), ddof=1) / 3                  # covariance of the two means
+    assert s.se == pytest.approx(math.sqrt(grad @ sigma @ grad))
+    assert s.part_gain == pytest.approx(gp.mean()) and "paired over 3 seeds" in s.text(("LS", "KD"))
+    same = share_of_gain(whole, whole, base)
+    assert same.share == pytest.approx(1.0) and same.se == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="no gain to take a share of"):
+        share_of_gain(part, base, base)
+    with pytest.raises(ValueError, match="need as many values each"):
+        share_of_gain(part, whole, base[:2])
