@@ -100,7 +100,16 @@ def cache_key(teacher: nn.Module, data, plan: AugmentationPlan, embed_layer: str
     fields = {"format": FORMAT, "teacher_sha256": teacher_digest(teacher), "data": data_fingerprint(data),
               "plan": asdict(plan), "embed_layer": embed_layer, "device_type": device.type, "precision": precision,
               "storage": str(STORAGE_DTYPE)}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest(), fields
+    return _digest(fields), fields
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _with_epochs(fields: dict, epochs: int) -> dict:
+    """The cache fields of the same plan at another length (no teacher or data digest recomputed)."""
+    return {**fields, "plan": {**fields["plan"], "epochs": epochs}}
 
 
 def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_layer: str | None = None,
@@ -119,14 +128,15 @@ def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_l
     prec = resolve_precision(precision, dev)
     key, fields = cache_key(teacher, data, plan, embed_layer, dev, prec)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = _entry(folder, data, plan, _lineage(teacher, data, plan, embed_layer, dev, prec))
+    lineage = _digest(_with_epochs(fields, 0))  # plans that differ only in length share their first epochs
+    path = _entry(folder, data, plan, lineage)
     existed = path.exists()
     if existed:
         try:
             return _read(path, key)
         except ValueError as e:
             warnings.warn(f"rebuilding the teacher-output cache: {e}", stacklevel=2)
-    longer = _other_length(folder, data, plan, teacher, embed_layer, dev, prec, longer=True)
+    longer = _other_length(folder, data, plan, fields, lineage, longer=True)
     if longer is not None:  # a longer plan of the same seed begins with this one's epochs
         return TeacherOutputs(longer.logits[:plan.epochs], None if longer.embedding is None else
                               longer.embedding[:plan.epochs], longer.path, key, built=False)
@@ -140,7 +150,7 @@ def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_l
             except ValueError as e:
                 warnings.warn(f"rebuilding the teacher-output cache: {e}", stacklevel=2)
         # a shorter plan of the same seed: only the epochs it lacks are computed
-        shorter = _other_length(folder, data, plan, teacher, embed_layer, dev, prec, longer=False)
+        shorter = _other_length(folder, data, plan, fields, lineage, longer=False)
         start = 0 if shorter is None else shorter.logits.shape[0]
         logits, embedding = _compute(teacher, data, plan, embed_layer, dev, prec, progress, start=start)
         if shorter is not None:
@@ -150,21 +160,15 @@ def teacher_outputs(teacher: nn.Module, data, plan: AugmentationPlan, *, embed_l
     return TeacherOutputs(logits, embedding, path, key, built=True)
 
 
-def _lineage(teacher, data, plan: AugmentationPlan, embed_layer, dev, prec) -> str:
-    """The cache key without the plan's length: plans that differ only in epochs share their first
-    epochs (epoch e of a plan is drawn from its own seeded stream, whatever the length)."""
-    return cache_key(teacher, data, dataclasses.replace(plan, epochs=0), embed_layer, dev, prec)[0]
-
-
 def _entry(folder: Path, data, plan: AugmentationPlan, lineage: str) -> Path:
     return folder / f"{data.name}-plan{plan.seed}-e{plan.epochs}-{lineage[:16]}.pt"
 
 
-def _other_length(folder: Path, data, plan: AugmentationPlan, teacher, embed_layer, dev, prec, *,
+def _other_length(folder: Path, data, plan: AugmentationPlan, fields: dict, lineage: str, *,
                   longer: bool) -> TeacherOutputs | None:
-    """The valid cache entry of the same lineage closest in length: the shortest longer plan, or the
-    longest shorter one (None if there is none)."""
-    lineage = _lineage(teacher, data, plan, embed_layer, dev, prec)
+    """The valid cache entry of the same lineage (the cache key without the plan's length: epoch e of a
+    plan is drawn from its own seeded stream, whatever the length) closest in length: the shortest longer
+    plan, or the longest shorter one (None if there is none)."""
     lengths = []
     for p in folder.glob(f"{data.name}-plan{plan.seed}-e*-{lineage[:16]}.pt"):
         try:
@@ -173,10 +177,9 @@ def _other_length(folder: Path, data, plan: AugmentationPlan, teacher, embed_lay
             continue
     lengths = sorted((e for e in lengths if (e > plan.epochs if longer else e < plan.epochs)), reverse=not longer)
     for e in lengths:
-        other = dataclasses.replace(plan, epochs=e)
         try:
-            return _read(_entry(folder, data, other, lineage),
-                         cache_key(teacher, data, other, embed_layer, dev, prec)[0])
+            return _read(_entry(folder, data, dataclasses.replace(plan, epochs=e), lineage),
+                         _digest(_with_epochs(fields, e)))
         except ValueError:
             continue  # corrupt or foreign: the next candidate, else a full build
     return None
