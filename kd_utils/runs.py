@@ -366,15 +366,18 @@ def size_bytes(profile=None, root=None, store: str = "reference") -> int:
 
 # ------------------------------------------------------------------ bank ----
 def _copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a file or a run folder so that ``dst`` is either absent or complete (a temporary beside it)."""
+    """Copy a file (:func:`kd_utils.fileio.atomic_path`) or a run folder (a temporary folder beside it,
+    renamed) so that ``dst`` is either absent or complete."""
+    if not src.is_dir():
+        from .fileio import atomic_path
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        return
     tmp = dst.parent / f".{dst.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        shutil.copytree(src, tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-    else:
-        shutil.copy2(src, tmp)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
 
 
