@@ -38,17 +38,18 @@ SWEEP_KEYWORDS = ("profile", "mode", "root")  # what a sweep sets for all its ru
 
 
 def _student_spec(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None, temperature: float, alpha: float,
-                  arch: str = "hinton_student", kind: str | None = None, keep_weights: bool = False):
+                  arch: str = "hinton_student", kind: str | None = None, keep_weights: bool = False,
+                  restore_best: bool = True):
     """The run specification of one student (:func:`train_student`): its name says kind, length,
-    temperature and seed."""
+    temperature and seed, and ``-last`` when the last epoch is kept although a validation split exists."""
     from .sweep import experiment
     cfg = cfg.replace(seed=seed)
     kind = kind or ("student_scratch" if teacher is None else "student_kd")
-    name = f"hinton-{kind}-e{cfg.epochs}" + (f"-T{temperature:g}" if teacher is not None else "") + f"-s{seed}"
+    name = f"hinton-{kind}{'' if restore_best else '-last'}-e{cfg.epochs}" + (f"-T{temperature:g}" if teacher is not None else "") + f"-s{seed}"
     if teacher is None:
-        return experiment(name, {"name": arch}, data, cfg, keep_weights=keep_weights)
+        return experiment(name, {"name": arch}, data, cfg, keep_weights=keep_weights, restore_best=restore_best)
     return experiment(name, {"name": arch}, data, cfg, method="kd", teacher=teacher, temperature=temperature,
-                      alpha=alpha, keep_weights=keep_weights)
+                      alpha=alpha, keep_weights=keep_weights, restore_best=restore_best)
 
 
 def _row(run: Run, spec) -> dict:
@@ -69,15 +70,16 @@ def _run_students(specs: list, executor, desc: str, progress: bool, run_kwargs: 
 
 def train_student(data, cfg: TrainConfig, seed: int, teacher: nn.Module | None = None, temperature: float = HINTON_KD.temperature,
                   alpha: float = HINTON_KD.alpha, arch: str = "hinton_student", kind: str | None = None,
-                  keep_weights: bool = False, progress: bool = False, **run_kwargs) -> tuple[Run, dict]:
+                  keep_weights: bool = False, restore_best: bool = True, progress: bool = False,
+                  **run_kwargs) -> tuple[Run, dict]:
     """One memoised student run: from scratch when ``teacher`` is None, else distilled with Hinton's
     loss. Without augmentation the teacher's logits of the fixed transfer set are computed once; with
     ``cfg.augment`` (the jittered transfer set) the teacher's outputs for every jittered batch of the
     run's plan. The model keeps its best validation epoch, or its last epoch when ``data`` has no
-    validation split (:func:`paper_data`). Returns the :class:`~kd_utils.experiments.Run` and a row
+    validation split (:func:`paper_data`) or ``restore_best=False``. Returns the :class:`~kd_utils.experiments.Run` and a row
     ``{seed, temperature, errors, accuracy, best_epoch, epochs, wall_time_s}``.
     ``run_kwargs``: ``profile``, ``mode``, ``root`` (as in ``run_experiment``)."""
-    spec = _student_spec(data, cfg, seed, teacher, temperature, alpha, arch, kind, keep_weights)
+    spec = _student_spec(data, cfg, seed, teacher, temperature, alpha, arch, kind, keep_weights, restore_best)
     (run,) = _run_students([spec], None, spec.name, progress, run_kwargs)
     return run, _row(run, spec)
 
@@ -87,18 +89,19 @@ KINDS = ("student_scratch", "student_kd", "student_kd_jitter")
 
 def student_runs(data, cfg: TrainConfig, seeds: Sequence[int], teacher: nn.Module, temperature: float = HINTON_KD.temperature,
                  alpha: float = HINTON_KD.alpha, kinds: Sequence[str] = KINDS[:2], progress: bool = True,
-                 executor=None, **run_kwargs) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
+                 executor=None, restore_best: bool = True, **run_kwargs) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
     """Students for every seed and kind: ``student_scratch`` (hard labels), ``student_kd`` (soft
     targets on the un-augmented training set, as in the paper) and ``student_kd_jitter`` (soft
     targets on a jittered transfer set). One row per (kind, seed), and each run's training history
-    keyed by ``(kind, seed)``. ``executor``: where the runs train (:func:`kd_utils.sweep.run_each`;
+    keyed by ``(kind, seed)``. ``restore_best=False`` keeps every run's last epoch. ``executor``: where the runs train (:func:`kd_utils.sweep.run_each`;
     None: this process, one after another)."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown student kind(s) {unknown}; known: {list(KINDS)}")
     jobs = [(kind, s) for s in seeds for kind in kinds]
     specs = [_student_spec(data, cfg.replace(augment="jitter") if kind == "student_kd_jitter" else cfg, s,
-                           None if kind == "student_scratch" else teacher, temperature, alpha, kind=kind)
+                           None if kind == "student_scratch" else teacher, temperature, alpha, kind=kind,
+                           restore_best=restore_best)
              for kind, s in jobs]
     done = _run_students(specs, executor, "students", progress, run_kwargs)
     rows = [{"model": kind, **_row(run, spec)} for (kind, _), run, spec in zip(jobs, done, specs)]

@@ -85,6 +85,26 @@ def test_student_runs_use_one_teacher_and_report_every_seed(tmp_path):
     assert again["errors"].tolist() == runs.loc[runs["seed"] == 0, "errors"].tolist()
 
 
+def test_student_runs_keep_the_last_epoch_when_asked(tmp_path):
+    """restore_best=False reaches every student run: its name says -last, its key differs, and the stored
+    model is the last epoch's (its validation accuracy is the history's last row, not the best)."""
+    from kd_utils.train_eval import evaluate
+    data = get_data("mnist", train_subset=600, test_subset=200, val_fraction=0.2)
+    torch.manual_seed(0)
+    teacher = build_model("hinton_teacher")
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.5, device="cpu", precision="fp32")  # lr high: epochs differ
+    last, _ = hinton.train_student(data, cfg, 0, teacher, restore_best=False, keep_weights=True, root=tmp_path)
+    best, _ = hinton.train_student(data, cfg, 0, teacher, keep_weights=True, root=tmp_path)
+    assert last.name == "hinton-student_kd-last-e3-T20-s0" and best.name == "hinton-student_kd-e3-T20-s0"
+    assert last.spec["restore_best"] is False and "restore_best" not in best.spec and last.key != best.key
+    assert best.metrics["best_epoch"] != 3  # the premise: the best epoch is not the last one
+    assert evaluate(last.model, data, "val").accuracy == pytest.approx(last.history["val_acc"].iloc[-1], abs=1e-6)
+    assert evaluate(best.model, data, "val").accuracy == pytest.approx(best.history["val_acc"].max(), abs=1e-6)
+    table, _ = hinton.student_runs(data, cfg, [0], teacher, kinds=["student_kd"], restore_best=False, progress=False,
+                                   root=tmp_path)
+    assert table["errors"].tolist() == [int(last.metrics["test_errors"])]  # the same run, reused
+
+
 def _cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "kd_utils", *args], capture_output=True, text=True, cwd=cwd)
 
