@@ -279,8 +279,7 @@ def logit_scale(logits: torch.Tensor) -> LogitScale:
     """The per-sample standard deviation of the logits over the classes (the unbiased one, as
     :func:`kd_utils.train_kd.standardize_logits` divides by), and its mean. Sun et al. (CVPR 2024) show
     teachers and students differ in it, so a shared temperature softens them unequally."""
-    z = _check_logits(logits, min_classes=2)
-    per = z.std(dim=1)
+    per = metrics.logit_std(_check_logits(logits, min_classes=2))
     return LogitScale(per, float(per.mean()))
 
 
@@ -319,8 +318,9 @@ def logit_scale_curve(checkpoints_or_models: Mapping[int, Any] | Sequence[Any], 
                       device: str = "cpu") -> pd.DataFrame:
     """The mean (and median) per-sample logit std of a model along its training, one row per epoch.
 
-    The training loop has no per-epoch callback, so the curve is evaluated afterwards from what was
-    kept of each epoch: ``checkpoints_or_models`` maps an epoch to its logits (a tensor), a stored run
+    On the validation split the mean comes free: every run's history has a ``val_logit_std`` column
+    (recorded by ``fit`` from its validation pass; runs trained before it was added lack it). For other
+    splits, or the median, the curve is evaluated afterwards from what was kept of each epoch: ``checkpoints_or_models`` maps an epoch to its logits (a tensor), a stored run
     (its ``logits(split)``), a model, or a checkpoint path; a sequence is epochs 1, 2, ... Models are
     evaluated in fp32 on ``data``'s ``split``. Early-stopped runs (``run_experiment(..., stop_after=e)``)
     are one way to have a model per epoch; note that ``fit`` restores the best validation epoch among

@@ -160,6 +160,15 @@ def prediction_distribution(logits: torch.Tensor, num_classes: int) -> torch.Ten
     return torch.bincount(logits.argmax(dim=1).cpu(), minlength=num_classes).to(torch.int64)
 
 
+def logit_std(logits: torch.Tensor) -> torch.Tensor:
+    """The per-sample standard deviation of the logits over the classes, shape (N,): the unbiased one,
+    as :func:`kd_utils.train_kd.standardize_logits` divides by (Sun et al., CVPR 2024's logit scale)."""
+    logits = _check_logits(logits)
+    if logits.shape[1] < 2:
+        raise ValueError(f"a logit std needs at least 2 classes, got shape {tuple(logits.shape)}")
+    return (logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits).std(dim=1)
+
+
 # --------------------------------------------------------------------------- teacher vs student
 
 

@@ -425,7 +425,8 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
                                    f"state were kept. Try a lower lr (now {cfg.lr}).") from None
         if has_val:
             val = evaluate(model, data, "val", device=loop.device, precision=loop.precision)
-            row.update(val_loss=val.loss, val_acc=val.accuracy)
+            # the logit scale per epoch (Sun et al. 2024): free here, a re-run per epoch afterwards
+            row.update(val_loss=val.loss, val_acc=val.accuracy, val_logit_std=float(metrics.logit_std(val.logits).mean()))
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
         # Without a validation split there is nothing to select on: the last epoch is kept (the paper

@@ -37,6 +37,19 @@ def test_same_seed_same_numbers_on_cpu(toy_cifar):
     assert torch.equal(l1, l2)
 
 
+def test_history_records_the_validation_logit_scale_of_each_epoch(toy_mnist):
+    """val_logit_std is the mean over validation images of the unbiased std of each image's logits,
+    computed here by hand from the final (last-epoch) model's validation logits."""
+    seed_everything(0)
+    model = build_model("mnist_mlp")
+    res = fit(model, toy_mnist, TrainConfig(epochs=2, batch_size=64, **CPU), progress=False, restore_best=False)
+    z = evaluate(model, toy_mnist, "val", device="cpu").logits.double()
+    k = z.shape[1]
+    by_hand = (((z - z.sum(1, keepdim=True) / k) ** 2).sum(1) / (k - 1)).sqrt().mean().item()
+    assert res.history["val_logit_std"].iloc[-1] == pytest.approx(by_hand, rel=1e-5)
+    assert res.history["val_logit_std"].iloc[0] != pytest.approx(by_hand, rel=1e-3)  # one value per epoch
+
+
 def test_restores_best_epoch_weights(toy_mnist, tmp_path):
     seed_everything(0)
     model = build_model("mnist_mlp")
