@@ -235,7 +235,8 @@ def _bin_edges(bins) -> np.ndarray:
 
 
 def dkd_coupling(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
-                 temperature: float = 4.0, bins: int | Sequence[float] = 10) -> pd.DataFrame:
+                 temperature: float = 4.0, bins: int | Sequence[float] = 10, alpha: float | None = None,
+                 beta: float | None = None) -> pd.DataFrame:
     """The classical KD loss decomposed as ``KD = TCKD + (1 - p_t^T) * NCKD`` (Zhao et al., CVPR 2022,
     eq. 4-5; :func:`dkd_terms_per_sample`), per bin of the teacher's target-class probability ``p_t^T``
     at ``temperature``: where the teacher is confident, the weight ``1 - p_t`` on the non-target term is
@@ -245,8 +246,15 @@ def dkd_coupling(teacher_logits: torch.Tensor, student_logits: torch.Tensor, lab
     the first also holding ``lo`` itself. One row per bin: ``lo``, ``hi``, ``count``, ``p_target`` (mean
     teacher target probability), ``nckd_weight`` (mean ``1 - p_t``, i.e. ``1 - p_target``), ``tckd``,
     ``nckd`` and ``kd`` (means, each times ``T^2``) and ``nckd_share``: the share of the bin's KD carried
-    by the non-target term, ``sum((1 - p_t) * NCKD) / sum(KD)``. Empty bins have count 0 and NaN
-    elsewhere; samples outside custom edges are left out."""
+    by the non-target term, ``sum((1 - p_t) * NCKD) / sum(KD)``. With DKD's weights ``alpha`` and
+    ``beta`` (both or neither) a column ``nckd_share_dkd``: the same share under DKD's decoupled loss,
+    ``sum(beta * NCKD) / sum(alpha * TCKD + beta * NCKD)``. Empty bins have count 0 and NaN elsewhere;
+    samples outside custom edges are left out."""
+    if (alpha is None) != (beta is None):
+        raise ValueError(f"pass both of DKD's alpha and beta or neither, got alpha={alpha!r}, beta={beta!r}")
+    for name, w in (("alpha", alpha), ("beta", beta)):
+        if w is not None and not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
     terms = dkd_terms_per_sample(teacher_logits, student_logits, labels, temperature)
     edges = _bin_edges(bins)
     p = terms["p_target"].numpy()
@@ -262,8 +270,12 @@ def dkd_coupling(teacher_logits: torch.Tensor, student_logits: torch.Tensor, lab
             row.update(p_target=float(pt.mean()), nckd_weight=float((1 - pt).mean()), tckd=float(tckd.mean()),
                        nckd=float(nckd.mean()), kd=float(kd.mean()),
                        nckd_share=float(((1 - pt) * nckd).sum() / kd.sum()) if kd.sum() > 0 else math.nan)
+            if alpha is not None:
+                dkd = alpha * tckd.sum() + beta * nckd.sum()
+                row["nckd_share_dkd"] = float(beta * nckd.sum() / dkd) if dkd > 0 else math.nan
         else:
-            row.update({k: math.nan for k in ("p_target", "nckd_weight", "tckd", "nckd", "kd", "nckd_share")})
+            row.update({k: math.nan for k in ("p_target", "nckd_weight", "tckd", "nckd", "kd", "nckd_share")
+                        + (("nckd_share_dkd",) if alpha is not None else ())})
         rows.append(row)
     return pd.DataFrame(rows)
 

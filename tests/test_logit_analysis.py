@@ -189,6 +189,26 @@ def test_dkd_coupling_bins_by_teacher_confidence():
     assert full["nckd_weight"].is_monotonic_decreasing
 
 
+def test_dkd_coupling_with_dkd_weights_reports_the_non_target_share_of_dkd():
+    t, s, y = _data(n=300, k=5, seed=7, scale=3.0)
+    table = dkd_coupling(t, s, y, temperature=4.0, bins=4, alpha=1.0, beta=8.0)
+    assert list(table.columns)[-1] == "nckd_share_dkd"
+    terms = dkd_terms_per_sample(t, s, y, 4.0)
+    for _, row in table.iterrows():
+        members = [i for i, v in enumerate(terms["p_target"].tolist()) if row["lo"] < v <= row["hi"]]
+        if members:  # by hand: beta * NCKD over alpha * TCKD + beta * NCKD, summed over the bin
+            nc = sum(terms["nckd"][i].item() for i in members)
+            tc = sum(terms["tckd"][i].item() for i in members)
+            assert row["nckd_share_dkd"] == pytest.approx(8.0 * nc / (tc + 8.0 * nc), rel=1e-9)
+        else:
+            assert math.isnan(row["nckd_share_dkd"])
+    assert "nckd_share_dkd" not in dkd_coupling(t, s, y, bins=4).columns
+    with pytest.raises(ValueError, match="pass both of DKD's alpha and beta or neither, got alpha=1.0, beta=None"):
+        dkd_coupling(t, s, y, alpha=1.0)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got -1"):
+        dkd_coupling(t, s, y, alpha=1.0, beta=-1)
+
+
 def test_dkd_coupling_custom_edges_are_right_closed_and_empty_bins_are_nan():
     t = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [5.0, 0.0]])  # p_target 0.5, 0.75, ~0.993 at T = 1
     y = torch.zeros(3, dtype=torch.long)
