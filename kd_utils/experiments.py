@@ -260,16 +260,27 @@ def spec_key(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_TEST_LOGITS: dict[tuple, torch.Tensor] = {}
+_SPLIT_LOGITS: dict[tuple, torch.Tensor] = {}
 EVAL_PRECISION = "fp32"  # records are evaluated in fp32: the same numbers on every CPU, bf16 units or not
+
+
+def split_logits(model: nn.Module, data, split: str = "test", device="auto", precision=EVAL_PRECISION) -> torch.Tensor:
+    """A model's logits on an un-augmented split (float32, CPU), computed once per (weights, split's
+    images by their labels and count) in this process: a teacher is evaluated once, however many
+    students are compared with it."""
+    labels = {"train": data.y_train, "val": data.y_val, "test": data.y_test}.get(split)
+    if labels is None:
+        raise ValueError(f"unknown split {split!r}; allowed: train, val, test")
+    digest = hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+    key = (teacher_digest(model), data.name, split, len(labels), digest, precision)
+    if key not in _SPLIT_LOGITS:
+        _SPLIT_LOGITS[key] = predict(model, data.loader(split, batch_size=1024, shuffle=False), device, precision)[0]
+    return _SPLIT_LOGITS[key]
 
 
 def test_logits(model: nn.Module, data, device="auto", precision=EVAL_PRECISION) -> torch.Tensor:
     """A model's test-set logits (float32, CPU), computed once per (weights, test set)."""
-    key = (teacher_digest(model), data.name, len(data.y_test), int(data.y_test[:64].sum()), precision)
-    if key not in _TEST_LOGITS:
-        _TEST_LOGITS[key] = predict(model, data.loader("test", batch_size=1024), device, precision)[0]
-    return _TEST_LOGITS[key]
+    return split_logits(model, data, "test", device, precision)
 
 
 def logits_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -298,12 +309,12 @@ def teacher_metrics(teacher: nn.Module, logits: torch.Tensor, data, device="auto
 def fidelity(teacher: nn.Module, student: nn.Module, data, splits=("train", "test"), device="auto",
              precision=EVAL_PRECISION) -> pd.DataFrame:
     """How closely a student follows its teacher (Stanton et al. 2021), per un-augmented split: top-1
-    agreement, KL(teacher || student) at T = 1, and both models' accuracy. One row per split."""
+    agreement, KL(teacher || student) at T = 1, and both models' accuracy. One row per split. The
+    teacher's logits are computed once per process (:func:`split_logits`)."""
     rows = []
     for split in splits:
-        loader = data.loader(split, batch_size=1024, shuffle=False)
-        t, labels = predict(teacher, loader, device, precision)
-        s, _ = predict(student, loader, device, precision)
+        t = split_logits(teacher, data, split, device, precision)
+        s, labels = predict(student, data.loader(split, batch_size=1024, shuffle=False), device, precision)
         rows.append({"split": split, "agreement": metrics.agreement(t, s), "kl": metrics.kl_divergence(t, s),
                      "teacher_accuracy": metrics.accuracy(t, labels), "student_accuracy": metrics.accuracy(s, labels)})
     return pd.DataFrame(rows).set_index("split")

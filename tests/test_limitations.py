@@ -86,6 +86,25 @@ def test_fidelity_of_a_model_with_itself_and_with_another(mnist):
     assert other.loc["test", "kl"] > 0
 
 
+def test_fidelity_evaluates_a_teacher_once_and_never_serves_stale_logits(mnist):
+    torch.manual_seed(1)
+    teacher, s1, s2 = (build_model("mnist_mlp").eval() for _ in range(3))
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    first = fidelity(teacher, s1, mnist, device="cpu", precision="fp32")
+    n = len(calls)
+    second = fidelity(teacher, s2, mnist, device="cpu", precision="fp32")
+    assert n > 0 and len(calls) == n  # the second student's comparison reused the teacher's logits
+    assert first.loc["train", "teacher_accuracy"] == second.loc["train", "teacher_accuracy"]
+    with torch.no_grad():  # new weights: new logits, equal to a fresh forward pass
+        next(teacher.parameters()).mul_(-1.0)
+    changed = fidelity(teacher, s1, mnist, splits=("test",), device="cpu", precision="fp32")
+    assert len(calls) > n
+    with torch.no_grad():
+        fresh = teacher(mnist.normalize(mnist.x_test)).argmax(1)
+    assert changed.loc["test", "teacher_accuracy"] == pytest.approx(float((fresh == mnist.y_test).float().mean()))
+
+
 def test_stop_after_is_the_start_of_the_full_schedule(mnist):
     cfg = TrainConfig(epochs=4, batch_size=128, optimizer="sgd", lr=0.1, schedule="cosine", device="cpu",
                       precision="fp32")
