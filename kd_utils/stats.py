@@ -43,6 +43,16 @@ class Difference:
     def noise(self) -> bool:
         return not (self.ci95[0] > 0 or self.ci95[1] < 0)
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-safe fields for a results file (a non-finite value, e.g. the p-value of a zero
+        difference with zero spread, becomes None), plus ``inside_noise``."""
+        def num(x):
+            return float(x) if math.isfinite(x) else None
+        return {"names": list(self.names), "mean_a": num(self.mean_a), "mean_b": num(self.mean_b),
+                "difference": num(self.diff), "se": num(self.se), "dof": num(self.dof),
+                "ci95": [num(c) for c in self.ci95], "p_value": num(self.p_value), "paired": bool(self.paired),
+                "n": [int(k) for k in self.n], "unit": self.unit, "inside_noise": bool(self.noise)}
+
     def text(self) -> str:
         """One sentence for a notebook's prose (every number computed, none typed)."""
         how = f"paired over {self.n[0]} seeds" if self.paired else f"Welch, {self.n[0]} and {self.n[1]} seeds"

@@ -1052,3 +1052,36 @@ def run_each(specs: Sequence, executor=None, *, desc: str = "runs", progress: bo
         return [run_sweep([s], None, progress=False, **sweep_kwargs)[0]
                 for s in progress_bar(specs, desc=desc, disable=not progress)]
     return list(run_sweep(specs, executor, progress=progress, **sweep_kwargs))
+
+
+def seed_specs(name: str, student: dict, data, cfg, seeds: Sequence[int], **kwargs: Any) -> list[RunSpec]:
+    """One :func:`experiment` per seed, named ``<name>-s<seed>`` with ``cfg.seed`` = the seed (its own
+    initialisation and augmentation plan), as :func:`~kd_utils.experiments.run_seeds` names its runs."""
+    if isinstance(seeds, (int, str)) or not len(seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of whole numbers, got {seeds!r}")
+    return [experiment(f"{name}-s{int(s)}", student, data, cfg.replace(seed=int(s)), **kwargs) for s in seeds]
+
+
+def run_groups(groups: dict[str, Sequence[RunSpec]], executor=None, *, desc: str = "runs", progress: bool = True,
+               teacher=None, **sweep_kwargs: Any) -> dict[str, list]:
+    """Every group's specifications through one :func:`run_each` call (so an executor gets them all at
+    once), regrouped: ``{group: [Run, ...]}`` in the groups' and specifications' order.
+
+    ``teacher`` (a module): runs trained without it (``"ce"`` and other teacher-free runs) get their
+    agreement and KL with it in ``metrics``, computed from their stored test logits, so a table over
+    all groups compares every run with the same teacher."""
+    from .experiments import teacher_metrics
+    groups = {g: list(specs) for g, specs in groups.items()}
+    empty = [g for g, specs in groups.items() if not specs]
+    if empty:
+        raise ValueError(f"group(s) {empty} hold no specification")
+    done = iter(run_each([s for specs in groups.values() for s in specs], executor, desc=desc, progress=progress,
+                         **sweep_kwargs))
+    out = {g: [next(done) for _ in specs] for g, specs in groups.items()}
+    if teacher is not None:
+        for g, specs in groups.items():
+            for spec, run in zip(specs, out[g]):
+                if "agreement" not in run.metrics:
+                    data = _load_data(_resolve_data(spec.data, sweep_kwargs.get("profile")))
+                    run.metrics.update(teacher_metrics(teacher, run.logits("test"), data))
+    return out

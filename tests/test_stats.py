@@ -24,6 +24,18 @@ def test_paired_difference_is_the_paired_t_test():
     assert "paired over 3 seeds" in d.text() and "inside the noise" not in d.text()
 
 
+def test_difference_to_dict_is_json_safe_and_holds_the_computed_fields():
+    import json
+    d = difference(KD, CE, names=("KD", "scratch"), paired=True)
+    out = d.to_dict()
+    assert out["difference"] == d.diff and out["se"] == d.se and out["ci95"] == list(d.ci95)
+    assert out["names"] == ["KD", "scratch"] and out["n"] == [3, 3] and out["paired"] is True
+    assert out["inside_noise"] is False and out["unit"] == "points" and out["p_value"] == d.p_value
+    flat = difference([0.5, 0.5], [0.5, 0.5], paired=True).to_dict()  # zero spread: any non-finite field is None
+    json.dumps(flat, allow_nan=False)
+    assert flat["inside_noise"] is True and flat["difference"] == 0
+
+
 def test_unpaired_difference_is_welchs_t_test():
     a, b = [0.80, 0.81, 0.83, 0.79], [0.80, 0.82, 0.815]
     d = difference(a, b)

@@ -472,3 +472,27 @@ def test_restore_best_reaches_the_run_and_a_bad_value_is_named(data, tmp_path):
 def _write(path, obj):
     path.write_text(json.dumps(obj))
     return path
+
+
+def test_run_groups_regroups_one_run_each_call_and_adds_teacher_metrics(data, tmp_path):
+    """Groups of seed specifications go through one run_each call and come back by group, in order; the
+    teacher-free runs get agreement and KL with the teacher passed, computed here from fresh logits."""
+    from kd_utils import build_model, metrics
+    torch.manual_seed(5)
+    teacher = build_model("mnist_mlp").eval()
+    groups = {"scratch": S.seed_specs("ce", STUDENT, data, _cfg(), [0, 1]),
+              "kd": S.seed_specs("kd", STUDENT, data, _cfg(), [0], method="kd", teacher=teacher, temperature=4.0)}
+    assert [s.name for s in groups["scratch"]] == ["ce-s0", "ce-s1"] and groups["scratch"][1].cfg.seed == 1
+    out = S.run_groups(groups, None, teacher=teacher, profile=PROFILE, root=tmp_path, progress=False)
+    assert {g: [r.name for r in rs] for g, rs in out.items()} == {"scratch": ["ce-s0", "ce-s1"], "kd": ["kd-s0"]}
+    with torch.no_grad():
+        t = teacher(data.normalize(data.x_test))
+    for run in out["scratch"]:
+        assert run.metrics["agreement"] == pytest.approx(metrics.agreement(t, run.logits("test")), abs=1e-6)
+        assert run.metrics["kl"] == pytest.approx(metrics.kl_divergence(t, run.logits("test")), rel=1e-3, abs=1e-6)
+    assert run_experiment("ce-s1", STUDENT, data, _cfg(seed=1), profile=PROFILE, root=tmp_path,
+                          progress=False).key == out["scratch"][1].key  # the same run as run_experiment's
+    with pytest.raises(ValueError, match=r"group\(s\) \['empty'\] hold no specification"):
+        S.run_groups({"empty": []}, None, profile=PROFILE, root=tmp_path)
+    with pytest.raises(ValueError, match="seeds must be a non-empty sequence of whole numbers, got 3"):
+        S.seed_specs("ce", STUDENT, data, _cfg(), 3)
