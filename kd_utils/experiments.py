@@ -219,9 +219,31 @@ def run_spec(student: dict, data, cfg: TrainConfig, method: str, method_kwargs: 
         raise ValueError(f"unknown distillation method {method!r}; known: {', '.join(DISTILLERS)}")
     return {"student": dict(student), "method": method, "method_kwargs": dict(sorted(method_kwargs.items())),
             "config": cfg.to_dict(), "data": data_fingerprint(data), "test_n": int(len(data.y_test)),
-            "teacher_sha256": teacher_digest(teacher) if teacher is not None else None,
+            "teacher_sha256": teacher_sha256(teacher) if teacher is not None else None,
             "plan": {"seed": cfg.plan_seed, "augment": cfg.augment},
             "numerics": numerics.versions_for(DISTILLERS[method], teacher is not None, cfg.plan_seed)}
+
+
+def teacher_sha256(teacher: "nn.Module | Run") -> str:
+    """The checksum a run's key holds for its teacher: of the module's weights, or -- for a teacher that
+    is itself a stored :class:`Run` -- of that run's stored weights, read from its record
+    (``weights_sha256``) so that keying, reusing and replaying a student never load the teacher's weights;
+    records written before the field existed load them once."""
+    if isinstance(teacher, Run):
+        return teacher.record.get("weights_sha256") or teacher_digest(teacher.model)
+    return teacher_digest(teacher)
+
+
+def teacher_module(teacher: "nn.Module | Run | None") -> nn.Module | None:
+    """The module to train with: a stored :class:`Run`'s model (its weights must be stored:
+    ``keep_weights=True`` where it was trained), else ``teacher`` itself."""
+    if isinstance(teacher, Run):
+        try:
+            return teacher.model
+        except runs.RunError as e:
+            raise runs.RunError(f"teacher run {teacher.name!r} must be trained with keep_weights=True to teach a run "
+                                f"that is not stored yet: {e}") from None
+    return teacher
 
 
 def student_spec(student: Any) -> dict:
@@ -300,9 +322,10 @@ def test_metrics(model: nn.Module, data, teacher: nn.Module | None = None, devic
     return out
 
 
-def teacher_metrics(teacher: nn.Module, logits: torch.Tensor, data, device="auto") -> dict[str, float]:
-    """Top-1 agreement and KL(teacher || model) of a model's test logits with a teacher's."""
-    t = test_logits(teacher, data, device)
+def teacher_metrics(teacher: "nn.Module | Run", logits: torch.Tensor, data, device="auto") -> dict[str, float]:
+    """Top-1 agreement and KL(teacher || model) of a model's test logits with a teacher's (a stored
+    :class:`Run`'s own stored test logits when the teacher is one)."""
+    t = teacher.logits("test") if isinstance(teacher, Run) else test_logits(teacher, data, device)
     return {"agreement": metrics.agreement(t, logits.float()), "kl": metrics.kl_divergence(t, logits.float())}
 
 
@@ -354,7 +377,7 @@ def _train(name: str, student: dict, data, cfg: TrainConfig, method: str, teache
 
 
 def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: str = "ce",
-                   teacher: nn.Module | None = None, profile: str | Profile | None = None,
+                   teacher: "nn.Module | Run | None" = None, profile: str | Profile | None = None,
                    mode: str | None = None, progress: bool = True, root: str | os.PathLike | None = None,
                    stop_after: int | None = None, keep_weights: bool = False, restore_best: bool = True,
                    **method_kwargs: Any) -> Run:
@@ -369,7 +392,9 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     notebook cell reads them, e.g. for CKA, or it teaches another run); every other run is committed
     as its record and logits only. ``restore_best=False``: the run keeps its last epoch's weights
     instead of its best validation epoch's (a protocol that reports the last epoch; the key records it,
-    so the default's keys are unchanged).
+    so the default's keys are unchanged). ``teacher``: a module, or a stored :class:`Run` (a teacher
+    trained by a notebook): the key holds its recorded weights checksum, so a stored student is reused
+    or replayed without the teacher's weights, which are loaded only to train.
 
     A stored run is reused only when its key (:func:`run_spec`: the specification and the numerics
     versions of the code it uses) is identical. The trained model's weights are rounded to float16
@@ -424,12 +449,15 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         else:  # cut off in an earlier session and banked (runs.bank): continue from there
             runs.banked_state(state, prof, root)
         done_before = runs.epochs_in_state(state)
+        if uses_teacher(method):
+            teacher = teacher_module(teacher)
         t0 = time.perf_counter()
         model, res = _train(name, student, data, cfg, method, teacher, progress, stop_after, method_kwargs, state,
                             restore_best)
         wall = time.perf_counter() - t0
         earlier_s = float(res.history["time_s"].iloc[:done_before].sum()) if done_before else 0.0
         runs.round_weights(model.cpu()).eval()
+        weights_sha256 = teacher_digest(model)  # what a student of this run keys on (teacher_sha256)
         logits = {"test": predict(model, data.loader("test", batch_size=1024), cfg.device, EVAL_PRECISION)[0],
                   "val": (predict(model, data.loader("val", batch_size=1024), cfg.device, EVAL_PRECISION)[0]
                           if len(data.y_val) else None)}
@@ -446,7 +474,8 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
              "stage1_time_s": res.config.get("stage1_time_s", 0.0),
              **({"resumed_after_epoch": done_before} if done_before else {})}
         record = {"format": runs.FORMAT, "name": name, "key": key, "spec": spec, "metrics": m,
-                  "session": runs.session_id(), "weights": True, "provenance": runs.provenance()}
+                  "session": runs.session_id(), "weights": True, "weights_sha256": weights_sha256,
+                  "provenance": runs.provenance()}
         folder = places["training"] / runs.folder_name(name, key)
         runs.write_run(folder, record, res.history, logits, model)
         state.unlink(missing_ok=True)  # the record is written: the run will never resume again

@@ -63,7 +63,7 @@ SPEC_FIELDS = ("name", "student", "data", "config", "method", "teacher", "method
 DATA_FIELDS = ("dataset", "profile", "val_fraction", "seed", "train_subset", "test_subset", "root")
 TEACHER_FORMS = ('{"kind": "cifar" | "hinton"} (the profile\'s stored shared teacher)',
                  '{"path": FILE} (a checkpoint)', '{"model": {"name": ..., ...}, "seed": N} (untrained, seeded)',
-                 "an nn.Module")
+                 "an nn.Module", "a stored Run (a teacher a notebook trained; keyed by its recorded weights checksum)")
 MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
 # Exceptions that mean "the worker was lost", not "the run failed": the task is submitted again.
 WORKER_LOSS = ("BrokenExecutor", "BrokenProcessPool", "KilledWorker", "CommClosedError", "UncompletedJobError",
@@ -629,7 +629,8 @@ def _num_classes(data) -> int:
 
 def _resolve_teacher(teacher, prof, data, cache: dict):
     from torch import nn
-    if teacher is None or isinstance(teacher, nn.Module):
+    from .experiments import Run
+    if teacher is None or isinstance(teacher, (nn.Module, Run)):
         return teacher
     if not isinstance(teacher, dict):
         raise ValueError(f"teacher must be one of: {'; '.join(TEACHER_FORMS)}; got {type(teacher).__name__}")
@@ -690,9 +691,21 @@ def _check_run(spec: RunSpec, cfg, data, teacher) -> None:
             fit_keys = {"progress", "checkpoint_path", "desc", "restore_best", "state_path", "resume", "stop_after"}
             kw = {k: v for k, v in spec.method_kwargs.items() if k not in fit_keys}
             try:
-                build_distiller(spec.method, model, copy.deepcopy(teacher) if teacher is not None else None, **kw)
+                build_distiller(spec.method, model, _check_teacher(teacher, data), **kw)
             except TypeError as e:  # a misspelt argument: say which ones the method takes
                 raise ValueError(f"method {spec.method!r}: {e}; its arguments: {_method_params(spec.method)}") from None
+
+
+def _check_teacher(teacher, data):
+    """A copy of the teacher to build a distiller with; a stored Run's architecture is rebuilt from its
+    specification (untrained: the check needs its shapes, not its weights, which may not be stored)."""
+    if teacher is None:
+        return None
+    if _is_run(teacher):
+        from .models import build_model
+        arch = dict(teacher.spec["student"])
+        return build_model(arch.pop("name"), **{"num_classes": _num_classes(data), **arch}).eval()
+    return copy.deepcopy(teacher)
 
 
 def _method_params(method: str) -> str:
@@ -708,12 +721,13 @@ def _method_params(method: str) -> str:
 
 
 def _identity(spec: RunSpec, cfg, data, teacher, digests: dict) -> str:
-    from .plans import data_fingerprint, teacher_digest
+    from .experiments import teacher_sha256
+    from .plans import data_fingerprint
     d = data if isinstance(data, dict) else {"fingerprint": data_fingerprint(data), "test_n": int(len(data.y_test))}
     t = None
     if teacher is not None and spec.method != "ce":
         if id(teacher) not in digests:
-            digests[id(teacher)] = teacher_digest(teacher)
+            digests[id(teacher)] = teacher_sha256(teacher)
         t = digests[id(teacher)]
     return json.dumps({"name": spec.name, "student": spec.student, "data": d, "cfg": cfg.to_dict(),
                        "method": spec.method, "kwargs": spec.method_kwargs, "teacher": t, "stop_after": spec.stop_after,
@@ -877,6 +891,11 @@ def _describe(executor) -> str:
     return repr(executor) if isinstance(executor, ProcessPool) else type(executor).__name__
 
 
+def _is_run(obj) -> bool:
+    from .experiments import Run
+    return isinstance(obj, Run)
+
+
 def _stage(obj, kind: str, folder: Path, staged: dict) -> _Staged:
     """Write an in-memory data bundle or teacher once per sweep where every worker can read it."""
     if id(obj) not in staged:
@@ -966,8 +985,8 @@ def run_sweep(specs: Iterable, executor=None, *, profile=None, mode: str | None 
             if not in_process:
                 if not isinstance(data, dict):
                     data = _stage(data, "data", staging, staged)
-                if teacher is not None:
-                    teacher = _stage(teacher, "teacher", staging, staged)
+                if teacher is not None and not _is_run(teacher):  # a stored Run travels as itself: its
+                    teacher = _stage(teacher, "teacher", staging, staged)  # files are on the shared store
             task_of.append(len(tasks))
             keep[len(tasks)] = r.spec.keep_weights
             tasks.append(_Task(i, r.spec.name, dict(r.spec.student), data, r.cfg, r.spec.method, teacher,

@@ -420,3 +420,26 @@ def test_the_data_v2_seeding_changes_the_keys_of_exactly_the_runs_on_other_plan_
     seed1 = run_spec(STUDENT, toy_cifar, _cfg(seed=1), "ce", {}, None)
     shared = run_spec(STUDENT, toy_cifar, _cfg(seed=1, data_seed=0), "ce", {}, None)  # model seed 1 on plan 0
     assert seed0["numerics"]["data"] == 1 and shared["numerics"]["data"] == 1 and seed1["numerics"]["data"] == 2
+
+
+def test_a_stored_teacher_run_keys_its_students_by_its_recorded_weights_checksum(toy_cifar, tmp_path):
+    """A teacher trained as a run teaches by its record: the student's key holds the teacher's recorded
+    weights checksum (equal to the module's), so the student is reused -- with agreement and KL from the
+    teacher's stored logits -- after the teacher's weights are gone; training a new student then asks
+    for them by name."""
+    kw = dict(profile="smoke", root=tmp_path, progress=False)
+    teacher = run_experiment("t", STUDENT, toy_cifar, _cfg(seed=1), **kw)
+    module = teacher.model
+    assert teacher.record["weights_sha256"] == E.teacher_digest(module) == E.teacher_sha256(teacher)
+    by_run = run_experiment("kd", STUDENT, toy_cifar, _cfg(), method="kd", teacher=teacher, temperature=4.0, **kw)
+    by_module = run_experiment("kd", STUDENT, toy_cifar, _cfg(), method="kd", teacher=module, temperature=4.0, **kw)
+    assert by_module.reused and by_module.key == by_run.key
+    assert by_run.spec["teacher_sha256"] == teacher.record["weights_sha256"]
+    (teacher.path / "model.pt").unlink()  # committed as record and logits only
+    stored = run_experiment("t", STUDENT, toy_cifar, _cfg(seed=1), **kw)
+    again = run_experiment("kd", STUDENT, toy_cifar, _cfg(), method="kd", teacher=stored, temperature=4.0, **kw)
+    assert again.reused and again.key == by_run.key
+    assert again.metrics["agreement"] == pytest.approx(by_module.metrics["agreement"], abs=1e-3)
+    assert again.metrics["kl"] == pytest.approx(by_module.metrics["kl"], rel=0.02, abs=1e-3)
+    with pytest.raises(runs.RunError, match="teacher run 't' must be trained with keep_weights=True"):
+        run_experiment("kd", STUDENT, toy_cifar, _cfg(seed=2), method="kd", teacher=stored, temperature=4.0, **kw)

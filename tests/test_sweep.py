@@ -496,3 +496,17 @@ def test_run_groups_regroups_one_run_each_call_and_adds_teacher_metrics(data, tm
         S.run_groups({"empty": []}, None, profile=PROFILE, root=tmp_path)
     with pytest.raises(ValueError, match="seeds must be a non-empty sequence of whole numbers, got 3"):
         S.seed_specs("ce", STUDENT, data, _cfg(), 3)
+
+
+def test_a_stored_teacher_run_is_a_sweep_teacher(data, tmp_path):
+    """A teacher that is a stored Run is validated (its architecture rebuilt from its specification) and
+    keys the sweep's runs as run_experiment keys them."""
+    teacher = run_experiment("t-s0", STUDENT, data, _cfg(), profile=PROFILE, root=tmp_path, progress=False)
+    spec = experiment("kd-s0", STUDENT, data, _cfg(), method="kd", teacher=teacher, temperature=4.0)
+    (swept,) = run_sweep([spec, dataclasses.replace(spec)], profile=PROFILE, root=tmp_path, progress=False)[:1]
+    direct = run_experiment("kd-s0", STUDENT, data, _cfg(), method="kd", teacher=teacher.model, temperature=4.0,
+                            profile=PROFILE, root=tmp_path, progress=False)
+    assert direct.reused and direct.key == swept.key
+    with pytest.raises(SpecError, match="its arguments"):  # a misspelt argument fails before anything trains
+        run_sweep([experiment("kd-s1", STUDENT, data, _cfg(seed=1), method="kd", teacher=teacher, temperatur=4.0)],
+                  profile=PROFILE, root=tmp_path)
