@@ -5,7 +5,7 @@
   same task that never saw the teacher does?
 * :func:`fit_temperature`, :func:`calibration_report` -- temperature scaling (Guo et al., ICML 2017).
 * :func:`dkd_terms_per_sample`, :func:`dkd_coupling` -- the classical KD loss split as
-  ``KD = TCKD + (1 - p_t^T) * NCKD`` (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation", eq. 4-5)
+  ``KD = TCKD + (1 - p_t^T) * NCKD`` (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation", Sec. 3.1)
   per bin of the teacher's target confidence: how much the non-target term is suppressed where the
   teacher is sure.
 * :func:`logit_scale`, :func:`logit_scale_table`, :func:`logit_scale_curve` -- the per-sample standard
@@ -196,7 +196,7 @@ def dkd_terms_per_sample(teacher_logits: torch.Tensor, student_logits: torch.Ten
     * ``tckd``: KL between the teacher's and student's binary ``[p_t, 1 - p_t]`` distributions;
     * ``nckd``: KL between their distributions over the non-target classes, renormalised;
     * ``kd``: the classical KL(p_t^T || p_s^T), which equals ``tckd + (1 - p_target) * nckd``
-      (Zhao et al. 2022, eq. 4-5). Their batch means are :func:`kd_utils.methods.dkd.dkd_terms`."""
+      (Zhao et al. 2022, Sec. 3.1). Their batch means are :func:`kd_utils.methods.dkd.dkd_terms`."""
     t, s, y = _check_pair(teacher_logits, student_logits, labels, min_classes=2)
     T = _check_temperature(temperature)
     n, k = t.shape
@@ -238,7 +238,7 @@ def dkd_coupling(teacher_logits: torch.Tensor, student_logits: torch.Tensor, lab
                  temperature: float = 4.0, bins: int | Sequence[float] = 10, alpha: float | None = None,
                  beta: float | None = None) -> pd.DataFrame:
     """The classical KD loss decomposed as ``KD = TCKD + (1 - p_t^T) * NCKD`` (Zhao et al., CVPR 2022,
-    eq. 4-5; :func:`dkd_terms_per_sample`), per bin of the teacher's target-class probability ``p_t^T``
+    Sec. 3.1; :func:`dkd_terms_per_sample`), per bin of the teacher's target-class probability ``p_t^T``
     at ``temperature``: where the teacher is confident, the weight ``1 - p_t`` on the non-target term is
     small -- the coupling DKD removes.
 

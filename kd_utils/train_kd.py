@@ -69,7 +69,8 @@ def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
     As the reference (``sunshangquan/logit-standardization-KD``, ``mdistiller/distillers/KD.py::normalize``):
     the std is the unbiased one (Bessel's correction, ``torch.std``'s default) and ``eps = 1e-7`` is added
-    to the std, not under the square root. The standardised logits have zero mean and unit std per
+    to the std, not under the square root (the paper's Algorithm 1 writes the 1/K std; the two differ by a
+    factor sqrt(K / (K - 1)), about 5% at 10 classes, absorbed by the base temperature). The standardised logits have zero mean and unit std per
     sample, so a temperature ``T`` applied after them is a *base* temperature: the effective one is
     ``T * std(z)``. The paper therefore uses a smaller T than plain KD with it: the reference's
     ``--base-temp`` defaults to 2 (3 for KD on VGG13 -> VGG8, 2 for DKD on VGG13 -> VGG8), with the KD
