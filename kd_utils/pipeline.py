@@ -97,13 +97,15 @@ def train_teacher(train_loader, val_loader, epochs: int | None = None, arch: str
     return model, h["train_loss"].tolist(), h["val_loss"].tolist(), h["train_acc"].tolist(), h["val_acc"].tolist()
 
 
-def prepare_distillation_data(teacher: nn.Module, train_loader, val_loader, train_subset=None, val_subset=None):
+def prepare_distillation_data(teacher: nn.Module, train_loader, val_loader, train_subset=None, val_subset=None,
+                              precision: str = "fp32"):
     """Teacher logits computed once for the training and validation sets (the seed's DistillDataset):
-    returns loaders yielding ``(x, y, teacher_logits)``."""
+    returns loaders yielding ``(x, y, teacher_logits)``. The logits are fp32 by default, as the seed's
+    are, so they equal a fresh :func:`~kd_utils.train_eval.predict` on every CPU (bf16 units or not)."""
     bundle = train_loader.bundle
     out = []
     for split, ld in (("train", train_loader), ("val", val_loader)):
-        logits = cache_teacher_logits(teacher, bundle, split)
+        logits = cache_teacher_logits(teacher, bundle, split, precision=precision)
         dl = bundle.loader(split, batch_size=ld.batch_size, extras=(logits,))
         dl.bundle = bundle
         out.append(dl)

@@ -15,8 +15,8 @@ and the *reference store* ``results/<profile>/runs/`` (committed for the default
 :func:`export_notebook_runs` fills with the runs a notebook's reference execution used: records and
 logits, weights only where the notebook asked for them (``keep_weights=True``: a cell reads them).
 ``results/<profile>/runs/manifests/<notebook>.json`` lists each notebook's runs. Between them the
-*bank* ``results/<profile>/runs/_bank/`` (committed, :func:`bank`): finished runs with their weights and
-the saved states of runs cut off part-way, so a reference execution longer than one session (whose
+*bank* ``results/<profile>/runs/_bank/`` (committed, :func:`bank`): finished runs (weights where a cell
+reads them, or where no execution logged the run) and the saved states of runs cut off part-way, so a reference execution longer than one session (whose
 ignored ``models/`` is gone next time) continues where it stopped. Reuse looks in the training store,
 then the reference store, then the bank; a banked run leaves the bank once a manifest lists it.
 
@@ -365,9 +365,10 @@ def size_bytes(profile=None, root=None, store: str = "reference") -> int:
 
 
 # ------------------------------------------------------------------ bank ----
-def _copy_atomic(src: Path, dst: Path) -> None:
+def _copy_atomic(src: Path, dst: Path, weights: bool = True) -> None:
     """Copy a file (:func:`kd_utils.fileio.atomic_path`) or a run folder (a temporary folder beside it,
-    renamed) so that ``dst`` is either absent or complete."""
+    renamed) so that ``dst`` is either absent or complete; ``weights=False`` leaves a run's ``model.pt``
+    out (its record then says so)."""
     if not src.is_dir():
         from .fileio import atomic_path
         with atomic_path(dst) as tmp:
@@ -376,18 +377,36 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     tmp = dst.parent / f".{dst.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(src, tmp)
+    shutil.copytree(src, tmp, ignore=None if weights else shutil.ignore_patterns("model.pt"))
+    if not weights:
+        (tmp / "run.json").write_text(json.dumps({**read_record(tmp), "weights": False}, indent=2) + "\n")
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
+
+
+def weights_read(profile=None, root=None) -> dict[str, bool]:
+    """For each run folder a notebook execution used (the training store's ``_used`` logs, every session
+    of this machine's store): whether some cell read its weights (``keep_weights=True``)."""
+    read: dict[str, bool] = {}
+    for log in sorted((stores(profile, root)["training"] / "_used").glob("*/*.jsonl")):
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            name = Path(entry["folder"]).name
+            read[name] = read.get(name, False) or bool(entry["keep_weights"])
+    return read
 
 
 def bank(profile=None, root=None) -> dict[str, list[str]]:
     """Keep the training store's work past this session: copy every finished run that no other store
     holds (record, logits, float16 weights) and every saved state of a run cut off part-way into the
-    committed bank (``results/<profile>/runs/_bank/``; commit it). A state whose run has finished since is
-    dropped from the bank. Returns ``{"runs": [...], "states": [...]}``, the names banked now."""
+    committed bank (``results/<profile>/runs/_bank/``; commit it). A run that notebook executions used
+    without any cell reading its weights is banked without them, as the reference store would keep it
+    (records and logits are all a reuse needs); a run no execution logged keeps them (it may teach).
+    A state whose run has finished since is dropped from the bank. Returns ``{"runs": [...],
+    "states": [...]}``, the names banked now."""
     places = stores(profile, root)
     train, ref, banked = places["training"], places["reference"], places["bank"]
+    read = weights_read(profile, root)
     out: dict[str, list[str]] = {"runs": [], "states": []}
     for rec in sorted(train.glob("*/run.json")) if train.is_dir() else []:
         folder = rec.parent
@@ -395,7 +414,7 @@ def bank(profile=None, root=None) -> dict[str, list[str]]:
             continue
         if not (folder / "model.pt").is_file():
             continue  # a run recorded without weights cannot teach or be re-evaluated: nothing to keep
-        _copy_atomic(folder, banked / folder.name)
+        _copy_atomic(folder, banked / folder.name, weights=read.get(folder.name, True))
         out["runs"].append(folder.name)
     for state in sorted((train / "_state").glob("*.pth")) if (train / "_state").is_dir() else []:
         dst = banked / "_state" / state.name

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -389,6 +390,30 @@ def test_banked_runs_and_states_survive_the_loss_of_the_training_store(toy_cifar
     assert runs.size_bytes("smoke", tmp_path, store="bank") > 0
     assert runs.size_bytes("smoke", tmp_path) == sum(
         p.stat().st_size for p in places["reference"].rglob("*") if p.is_file() and places["bank"] not in p.parents)
+
+
+def test_the_bank_keeps_weights_only_where_a_cell_reads_them(toy_cifar, tmp_path, monkeypatch):
+    """A run a notebook used without reading its weights is banked as the reference store keeps it
+    (record and logits), and is still reused from there next session; one whose weights a cell reads, or
+    one no notebook logged (trained from a plain call: it may teach), keeps them."""
+    kw = dict(profile="smoke", root=tmp_path, progress=False)
+    places = runs.stores("smoke", tmp_path)
+    plain = run_experiment("plain", STUDENT, toy_cifar, _cfg(), **kw)
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
+    light = run_experiment("light", STUDENT, toy_cifar, _cfg(seed=1), **kw)
+    heavy = run_experiment("heavy", STUDENT, toy_cifar, _cfg(seed=2), keep_weights=True, **kw)
+    run_experiment("heavy", STUDENT, toy_cifar, _cfg(seed=2), **kw)  # a later cell reusing it without reading
+    assert runs.weights_read("smoke", tmp_path) == {light.path.name: False, heavy.path.name: True}
+    assert sorted(runs.bank("smoke", tmp_path)["runs"]) == sorted(r.path.name for r in (plain, light, heavy))
+    bank = places["bank"]
+    assert not (bank / light.path.name / "model.pt").exists() and not runs.read_record(bank / light.path.name)["weights"]
+    assert (bank / heavy.path.name / "model.pt").is_file() and (bank / plain.path.name / "model.pt").is_file()
+    shutil.rmtree(places["training"])  # the next session
+    again = run_experiment("light", STUDENT, toy_cifar, _cfg(seed=1), **kw)
+    assert again.reused and again.path.parent == bank and again.accuracy == light.accuracy
+    pd.testing.assert_frame_equal(again.history, light.history, check_dtype=False)
+    for a, b in zip(heavy.model.state_dict().values(), runs.load_weights(bank / heavy.path.name).state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_restore_best_false_keeps_the_last_epoch_and_keys_only_itself(toy_cifar, tmp_path):
