@@ -492,7 +492,8 @@ def execution_summary(notebook_start: float | None = None, notebook: str | None 
     """What a notebook's results file records about the runs behind it: the git commit, how many runs
     it used and trained now, their training compute (from their records, whether trained now or
     reused), the CPUs and precisions they were trained with, this execution's wall time, and the wall
-    time of the execution that trained them (this one, or -- when replaying -- the committed one's)."""
+    time of the execution that trained them (this one, or -- when replaying -- the committed one's) with
+    the number of runs it trained (the others came from earlier executions, e.g. banked across sessions)."""
     seen: dict[str, Run] = {}
     for r in RUNS_USED:
         seen.setdefault(r.key or r.path.name, r)
@@ -507,9 +508,13 @@ def execution_summary(notebook_start: float | None = None, notebook: str | None 
     notebook = notebook or os.environ.get(runs.NOTEBOOK_ENV)
     manifest = runs.manifest_path(get_profile(None), notebook) if notebook else None
     if out["mode"] == "replay" and manifest is not None and manifest.is_file():
-        out["training_execution_wall_time_s"] = json.loads(manifest.read_text())["execution_wall_time_s"]
+        m = json.loads(manifest.read_text())
+        # an execution that reused runs banked by earlier ones trained only some (or none) of them
+        out["training_execution_wall_time_s"] = m["execution_wall_time_s"]
+        out["runs_trained_in_training_execution"] = m.get("runs_trained_in_execution")
     else:
         out["training_execution_wall_time_s"] = out["execution_wall_time_s"]
+        out["runs_trained_in_training_execution"] = out["runs_trained_now"]
     return out
 
 

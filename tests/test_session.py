@@ -45,6 +45,24 @@ def test_begin_says_how_long_run_all_took_from_the_committed_manifest(capsys, tm
             "recorded 2026-01-02); replaying the committed runs (the default) took 2 min.") in capsys.readouterr().out
 
 
+def test_a_replayed_summary_reports_the_training_execution_and_how_many_runs_it_trained(monkeypatch):
+    """An execution that reused runs banked by earlier sessions trained none of them itself: a replay's
+    results file says so beside that execution's wall time, rather than passing it off as the training's."""
+    from kd_utils.config import get_profile
+    from kd_utils.experiments import execution_summary
+    manifest = runs.manifest_path(get_profile(None), "Probe.ipynb")
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text('{"runs": ["a-1"], "training_compute_s": 7200, "execution_wall_time_s": 39.1, '
+                        '"runs_trained_in_execution": 0}')
+    monkeypatch.setenv(runs.MODE_ENV, "replay")
+    ex = execution_summary(0.0, "Probe.ipynb")
+    assert (ex["training_execution_wall_time_s"], ex["runs_trained_in_training_execution"]) == (39.1, 0)
+    monkeypatch.setenv(runs.MODE_ENV, "reuse")
+    ex = execution_summary(0.0, "Probe.ipynb")
+    assert ex["training_execution_wall_time_s"] == ex["execution_wall_time_s"]
+    assert ex["runs_trained_in_training_execution"] == ex["runs_trained_now"]
+
+
 def test_summary_counts_the_runs_the_notebook_used_once(toy_cifar, tmp_path):
     s = begin("smoke", quiet=True)
     cfg = TrainConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.02, device="cpu", precision="fp32")
