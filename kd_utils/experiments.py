@@ -416,6 +416,9 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         if mode != "fresh" or record.get("session") == runs.session_id():
             try:
                 fallback = None if mode == "replay" else places["training"] / found.name  # replay: as committed
+                if keep_weights and not any(b is not None and (b / "model.pt").is_file() for b in (found, fallback)):
+                    # banked or committed without weights, but a cell now reads them: only training gives them
+                    raise runs.RunError("it was stored without its weights and keep_weights=True asks for them")
                 run = _from_record(name, found, record, spec, data, teacher, cfg, fallback)
             except (OSError, ValueError, KeyError, CheckpointError, runs.RunError) as e:
                 if mode == "replay":

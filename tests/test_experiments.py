@@ -414,6 +414,12 @@ def test_the_bank_keeps_weights_only_where_a_cell_reads_them(toy_cifar, tmp_path
     pd.testing.assert_frame_equal(again.history, light.history, check_dtype=False)
     for a, b in zip(heavy.model.state_dict().values(), runs.load_weights(bank / heavy.path.name).state_dict().values()):
         assert torch.equal(a, b)
+    # a later cell that reads the weights of a run banked without them retrains it (replay refuses, saying why)
+    shutil.copytree(bank / light.path.name, places["reference"] / light.path.name)  # as if committed so
+    with pytest.raises(runs.RunError, match="stored without its weights and keep_weights=True"):
+        run_experiment("light", STUDENT, toy_cifar, _cfg(seed=1), keep_weights=True, mode="replay", **kw)
+    heavier = run_experiment("light", STUDENT, toy_cifar, _cfg(seed=1), keep_weights=True, **kw)
+    assert not heavier.reused and (heavier.path / "model.pt").is_file() and heavier.accuracy == light.accuracy
 
 
 def test_restore_best_false_keeps_the_last_epoch_and_keys_only_itself(toy_cifar, tmp_path):
