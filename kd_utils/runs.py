@@ -252,20 +252,25 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
         entry = json.loads(line)
         used[entry["folder"]] = used.get(entry["folder"], False) or entry["keep_weights"]
     ref = places["reference"]
+    # a run another notebook also commits keeps the weights its cells read (the folder is shared)
+    elsewhere: set[str] = set()
+    for m in (ref / "manifests").glob("*.json"):
+        if m.stem != Path(notebook).stem:
+            elsewhere.update(json.loads(m.read_text())["runs"])
     names, compute, trained_here, precisions, cpus = [], 0.0, 0, set(), set()
     for src, keep in used.items():
         src = Path(src)
         dst = ref / src.name
         record = read_record(src)
+        keep = keep or (src.name in elsewhere and (dst / "model.pt").is_file())
         if src.resolve() != dst.resolve():
             tmp = ref / f".{src.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             for f in ("history.csv", "logits.pt"):
                 shutil.copy2(src / f, tmp / f)
-            weights = src / "model.pt"
-            if keep and not weights.is_file():
-                weights = places["training"] / src.name / "model.pt"
+            weights = next((w for w in (src / "model.pt", places["training"] / src.name / "model.pt", dst / "model.pt")
+                            if w.is_file()), src / "model.pt")
             if keep:
                 shutil.copy2(weights, tmp / "model.pt")
             (tmp / "run.json").write_text(json.dumps({**record, "weights": bool(keep)}, indent=2) + "\n")

@@ -129,6 +129,28 @@ def _export(tmp_path, notebook="Probe.ipynb"):
     return runs.export_notebook_runs("cpu", notebook, wall_time_s=12.5, root=tmp_path)
 
 
+def test_a_run_two_notebooks_commit_keeps_the_weights_either_reads(toy_cifar, tmp_path, monkeypatch):
+    """The reference store holds one folder per run: exporting a notebook that does not read a run's weights
+    must not strip the weights another committed notebook's cells read."""
+    kw = dict(profile="cpu", root=tmp_path, progress=False)
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Reader.ipynb")
+    a = run_experiment("shared", STUDENT, toy_cifar, _cfg(), keep_weights=True, **kw)
+    _export(tmp_path, "Reader.ipynb")
+    ref = runs.stores("cpu", tmp_path)["reference"]
+    assert (ref / a.path.name / "model.pt").is_file()
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Other.ipynb")
+    run_experiment("shared", STUDENT, toy_cifar, _cfg(), **kw)
+    alone = run_experiment("alone", STUDENT, toy_cifar, _cfg(seed=1), **kw)
+    _export(tmp_path, "Other.ipynb")
+    assert (ref / a.path.name / "model.pt").is_file() and runs.read_record(ref / a.path.name)["weights"]
+    assert not (ref / alone.path.name / "model.pt").exists()
+    shutil.rmtree(runs.stores("cpu", tmp_path)["training"])  # a fresh clone: the reader still replays
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Reader.ipynb")
+    again = run_experiment("shared", STUDENT, toy_cifar, _cfg(), keep_weights=True, mode="replay", **kw)
+    for x, y in zip(a.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(x, y)
+
+
 def test_replay_uses_only_committed_runs_and_checks_their_weights(toy_cifar, tmp_path, monkeypatch):
     kw = dict(profile="cpu", root=tmp_path, progress=False)
     monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
