@@ -14,7 +14,7 @@ help:
 	@echo "                                   replacing the committed notebook and runs)"
 	@echo "make run PROFILE=smoke|gpu         execute every notebook with another profile -> results/<profile>/"
 	@echo "make test                          unit tests + nbval (smoke execution; replay compared with the committed outputs)"
-	@echo "make bank                          keep finished runs and cut-off states for the next session (results/runs/_bank/: commit it)"
+	@echo "make bank [LEAN=1]                 keep finished runs and cut-off states for the next session (results/runs/_bank/: commit it)"
 	@echo "make data                          fetch and cache MNIST, Fashion-MNIST and CIFAR-10"
 	@echo "make bench [QUICK=1]               speed figures -> results/benchmarks.json, BENCHMARKS.md"
 
@@ -45,7 +45,7 @@ test: venv data
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg $$replay; fi
 
 bank: venv
-	$(PY) -m kd_utils bank --profile $(PROFILE)
+	$(PY) -m kd_utils bank --profile $(PROFILE) $(if $(LEAN),--lean)
 
 bench: venv data
 	$(PY) -m benchmarks $(if $(QUICK),--quick)

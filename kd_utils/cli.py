@@ -282,7 +282,7 @@ def _cmd_bank(a: argparse.Namespace) -> int:
     from .locations import shown
     from .runs import bank, size_bytes, stores
     prof = get_profile(a.profile)
-    done = bank(prof)
+    done = bank(prof, lean=a.lean)
     where = shown(stores(prof)["bank"])
     for kind in ("runs", "states"):
         for name in done[kind]:
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bank", help="keep finished runs and cut-off states for a later session (results/runs/_bank)",
                        formatter_class=D)
     b.add_argument("--profile", default=None, help="profile whose training store is banked (default: $KD_PROFILE, else cpu)")
+    b.add_argument("--lean", action="store_true", help="leave out the weights of runs no notebook cell read (only when "
+                   "no stored run teaches another: such a run could not teach a student trained in a later session)")
     b.set_defaults(func=_cmd_bank)
 
     sw = sub.add_parser("sweep", help="run a sweep file of run specifications on an executor, print the results")

@@ -15,8 +15,8 @@ and the *reference store* ``results/<profile>/runs/`` (committed for the default
 :func:`export_notebook_runs` fills with the runs a notebook's reference execution used: records and
 logits, weights only where the notebook asked for them (``keep_weights=True``: a cell reads them).
 ``results/<profile>/runs/manifests/<notebook>.json`` lists each notebook's runs. Between them the
-*bank* ``results/<profile>/runs/_bank/`` (committed, :func:`bank`): finished runs (weights where a cell
-reads them, or where no execution logged the run) and the saved states of runs cut off part-way, so a reference execution longer than one session (whose
+*bank* ``results/<profile>/runs/_bank/`` (committed, :func:`bank`): finished runs with their weights and
+the saved states of runs cut off part-way, so a reference execution longer than one session (whose
 ignored ``models/`` is gone next time) continues where it stopped. Reuse looks in the training store,
 then the reference store, then the bank; a banked run leaves the bank once a manifest lists it.
 
@@ -401,17 +401,19 @@ def weights_read(profile=None, root=None) -> dict[str, bool]:
     return read
 
 
-def bank(profile=None, root=None) -> dict[str, list[str]]:
+def bank(profile=None, root=None, lean: bool = False) -> dict[str, list[str]]:
     """Keep the training store's work past this session: copy every finished run that no other store
     holds (record, logits, float16 weights) and every saved state of a run cut off part-way into the
-    committed bank (``results/<profile>/runs/_bank/``; commit it). A run that notebook executions used
-    without any cell reading its weights is banked without them, as the reference store would keep it
-    (records and logits are all a reuse needs); a run no execution logged keeps them (it may teach).
-    A state whose run has finished since is dropped from the bank. Returns ``{"runs": [...],
-    "states": [...]}``, the names banked now."""
+    committed bank (``results/<profile>/runs/_bank/``; commit it). A state whose run has finished since is
+    dropped from the bank. Returns ``{"runs": [...], "states": [...]}``, the names banked now.
+
+    ``lean=True`` banks a run that notebook executions used without any cell reading its weights
+    without them, as the reference store would keep it (a reuse needs only the record and logits). Only
+    for executions in which no stored run teaches another: a run banked without weights cannot teach a
+    student that a later session trains (it would be retrained first)."""
     places = stores(profile, root)
     train, ref, banked = places["training"], places["reference"], places["bank"]
-    read = weights_read(profile, root)
+    read = weights_read(profile, root) if lean else {}
     out: dict[str, list[str]] = {"runs": [], "states": []}
     for rec in sorted(train.glob("*/run.json")) if train.is_dir() else []:
         folder = rec.parent

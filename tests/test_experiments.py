@@ -414,10 +414,11 @@ def test_banked_runs_and_states_survive_the_loss_of_the_training_store(toy_cifar
         p.stat().st_size for p in places["reference"].rglob("*") if p.is_file() and places["bank"] not in p.parents)
 
 
-def test_the_bank_keeps_weights_only_where_a_cell_reads_them(toy_cifar, tmp_path, monkeypatch):
-    """A run a notebook used without reading its weights is banked as the reference store keeps it
-    (record and logits), and is still reused from there next session; one whose weights a cell reads, or
-    one no notebook logged (trained from a plain call: it may teach), keeps them."""
+def test_a_lean_bank_keeps_weights_only_where_a_cell_reads_them(toy_cifar, tmp_path, monkeypatch):
+    """By default every banked run keeps its weights (a later session may train a student of it). With
+    ``lean=True`` a run a notebook used without reading its weights is banked as the reference store keeps
+    it (record and logits), and is still reused from there next session; one whose weights a cell reads, or
+    one no notebook logged (trained from a plain call), keeps them."""
     kw = dict(profile="smoke", root=tmp_path, progress=False)
     places = runs.stores("smoke", tmp_path)
     plain = run_experiment("plain", STUDENT, toy_cifar, _cfg(), **kw)
@@ -428,6 +429,9 @@ def test_the_bank_keeps_weights_only_where_a_cell_reads_them(toy_cifar, tmp_path
     assert runs.weights_read("smoke", tmp_path) == {light.path.name: False, heavy.path.name: True}
     assert sorted(runs.bank("smoke", tmp_path)["runs"]) == sorted(r.path.name for r in (plain, light, heavy))
     bank = places["bank"]
+    assert all((bank / r.path.name / "model.pt").is_file() for r in (plain, light, heavy))  # the default: all
+    shutil.rmtree(bank)
+    assert sorted(runs.bank("smoke", tmp_path, lean=True)["runs"]) == sorted(r.path.name for r in (plain, light, heavy))
     assert not (bank / light.path.name / "model.pt").exists() and not runs.read_record(bank / light.path.name)["weights"]
     assert (bank / heavy.path.name / "model.pt").is_file() and (bank / plain.path.name / "model.pt").is_file()
     shutil.rmtree(places["training"])  # the next session
