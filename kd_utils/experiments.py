@@ -416,7 +416,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
         if mode != "fresh" or record.get("session") == runs.session_id():
             try:
                 fallback = None if mode == "replay" else places["training"] / found.name  # replay: as committed
-                if keep_weights and not any(b is not None and (b / "model.pt").is_file() for b in (found, fallback)):
+                if keep_weights and not runs.has_weights(found, fallback):
                     # banked or committed without weights, but a cell now reads them: only training gives them
                     raise runs.RunError("it was stored without its weights and keep_weights=True asks for them")
                 run = _from_record(name, found, record, spec, data, teacher, cfg, fallback)
@@ -536,7 +536,7 @@ def _from_record(name: str, folder: Path, record: dict, spec: dict, data, teache
         raise ValueError(f"stored test logits cover {len(logits['test'])} images, the test set has {len(data.y_test)}")
     run = Run(name, history, _with_teacher(record["metrics"], logits["test"], teacher, data, cfg), True, folder, spec,
               record, None, weights_fallback, logits)
-    if any(base is not None and (base / "model.pt").is_file() for base in (folder, weights_fallback)):
+    if runs.has_weights(folder, weights_fallback):
         # compared at the stored precision: a near-tie that float16 rounds to a tie must not count as a change
         fresh = test_logits(run.model, data, cfg.device).to(logits["test"].dtype).float()
         agree = metrics.agreement(fresh, logits["test"].float())

@@ -239,6 +239,21 @@ def note_use(profile, folder: Path, keep_weights: bool, root=None) -> None:
         fh.write(json.dumps({"folder": str(Path(folder).resolve()), "keep_weights": bool(keep_weights)}) + "\n")
 
 
+def _uses(logs) -> dict[str, bool]:
+    """The run folders :func:`note_use` logged in ``logs``, each with whether any use read its weights."""
+    used: dict[str, bool] = {}
+    for log in logs:
+        for line in Path(log).read_text().splitlines():
+            entry = json.loads(line)
+            used[entry["folder"]] = used.get(entry["folder"], False) or bool(entry["keep_weights"])
+    return used
+
+
+def has_weights(*folders: Path | None) -> bool:
+    """Whether any of ``folders`` (None skipped) holds a run's ``model.pt``."""
+    return any(f is not None and (Path(f) / "model.pt").is_file() for f in folders)
+
+
 def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=None) -> Path | None:
     """Copy the runs the notebook just used into the reference store and write its manifest; runs no
     manifest lists any more are removed (the set is replaced, not accumulated). Returns the manifest."""
@@ -247,10 +262,7 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
     log = places["training"] / "_used" / session_id() / f"{Path(notebook).stem}.jsonl"
     if not log.is_file():
         return None
-    used: dict[str, bool] = {}
-    for line in log.read_text().splitlines():
-        entry = json.loads(line)
-        used[entry["folder"]] = used.get(entry["folder"], False) or entry["keep_weights"]
+    used = _uses([log])
     ref = places["reference"]
     # a run another notebook also commits keeps the weights its cells read (the folder is shared)
     elsewhere: set[str] = set()
@@ -262,7 +274,7 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
         src = Path(src)
         dst = ref / src.name
         record = read_record(src)
-        keep = keep or (src.name in elsewhere and (dst / "model.pt").is_file())
+        keep = keep or (src.name in elsewhere and has_weights(dst))
         if src.resolve() != dst.resolve():
             tmp = ref / f".{src.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -390,14 +402,12 @@ def _copy_atomic(src: Path, dst: Path, weights: bool = True) -> None:
 
 
 def weights_read(profile=None, root=None) -> dict[str, bool]:
-    """For each run folder a notebook execution used (the training store's ``_used`` logs, every session
-    of this machine's store): whether some cell read its weights (``keep_weights=True``)."""
+    """For each run folder name a notebook execution used (the training store's ``_used`` logs, every
+    session of this machine's store): whether some cell read its weights (``keep_weights=True``)."""
     read: dict[str, bool] = {}
-    for log in sorted((stores(profile, root)["training"] / "_used").glob("*/*.jsonl")):
-        for line in log.read_text().splitlines():
-            entry = json.loads(line)
-            name = Path(entry["folder"]).name
-            read[name] = read.get(name, False) or bool(entry["keep_weights"])
+    for folder, keep in _uses(sorted((stores(profile, root)["training"] / "_used").glob("*/*.jsonl"))).items():
+        name = Path(folder).name
+        read[name] = read.get(name, False) or keep
     return read
 
 
