@@ -287,6 +287,8 @@ def _cmd_bank(a: argparse.Namespace) -> int:
     for kind in ("runs", "states"):
         for name in done[kind]:
             print(f"[banked] {name} ({'finished run' if kind == 'runs' else 'saved state of a run cut off part-way'})")
+    for name in done["pruned"]:
+        print(f"[pruned] {name} (weights no notebook cell read, dropped from the bank)")
     print(f"[bank] {len(done['runs'])} run(s) and {len(done['states'])} state(s) banked now; {where} holds "
           f"{size_bytes(prof, store='bank') / 2**20:.1f} MB: commit it (git add {where}) to continue in a later session")
     return 0

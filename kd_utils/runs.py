@@ -415,16 +415,18 @@ def bank(profile=None, root=None, lean: bool = False) -> dict[str, list[str]]:
     """Keep the training store's work past this session: copy every finished run that no other store
     holds (record, logits, float16 weights) and every saved state of a run cut off part-way into the
     committed bank (``results/<profile>/runs/_bank/``; commit it). A state whose run has finished since is
-    dropped from the bank. Returns ``{"runs": [...], "states": [...]}``, the names banked now.
+    dropped from the bank. Returns ``{"runs": [...], "states": [...], "pruned": [...]}``, the names banked
+    now and (lean only) those whose weights were dropped from the bank.
 
     ``lean=True`` banks a run that notebook executions used without any cell reading its weights
-    without them, as the reference store would keep it (a reuse needs only the record and logits). Only
+    without them, as the reference store would keep it (a reuse needs only the record and logits), and
+    drops the weights of such runs banked earlier with them. Only
     for executions in which no stored run teaches another: a run banked without weights cannot teach a
     student that a later session trains (it would be retrained first)."""
     places = stores(profile, root)
     train, ref, banked = places["training"], places["reference"], places["bank"]
     read = weights_read(profile, root) if lean else {}
-    out: dict[str, list[str]] = {"runs": [], "states": []}
+    out: dict[str, list[str]] = {"runs": [], "states": [], "pruned": []}
     for rec in sorted(train.glob("*/run.json")) if train.is_dir() else []:
         folder = rec.parent
         if (ref / folder.name / "run.json").is_file() or (banked / folder.name / "run.json").is_file():
@@ -433,6 +435,13 @@ def bank(profile=None, root=None, lean: bool = False) -> dict[str, list[str]]:
             continue  # a run recorded without weights cannot teach or be re-evaluated: nothing to keep
         _copy_atomic(folder, banked / folder.name, weights=read.get(folder.name, True))
         out["runs"].append(folder.name)
+    for name, keep in read.items():  # lean: runs banked earlier with weights that no cell has read
+        folder = banked / name
+        if not keep and (folder / "model.pt").is_file() and (folder / "run.json").is_file():
+            from .fileio import write_json  # record first: a cut-off leaves spare weights, never a false record
+            write_json(folder / "run.json", {**read_record(folder), "weights": False})
+            (folder / "model.pt").unlink()
+            out["pruned"].append(name)
     for state in sorted((train / "_state").glob("*.pth")) if (train / "_state").is_dir() else []:
         dst = banked / "_state" / state.name
         if not dst.is_file() or dst.stat().st_mtime < state.stat().st_mtime:

@@ -390,8 +390,8 @@ def test_banked_runs_and_states_survive_the_loss_of_the_training_store(toy_cifar
     seed_everything(cfg2.seed)
     fit(build_model(STUDENT["name"], width=STUDENT["width"]), toy_cifar, cfg2, progress=False, stop_after=1,
         state_path=state)
-    assert runs.bank("smoke", tmp_path) == {"runs": [finished.path.name], "states": [state.stem]}
-    assert runs.bank("smoke", tmp_path) == {"runs": [], "states": []}  # nothing new: nothing copied again
+    assert runs.bank("smoke", tmp_path) == {"runs": [finished.path.name], "states": [state.stem], "pruned": []}
+    assert runs.bank("smoke", tmp_path) == {"runs": [], "states": [], "pruned": []}  # nothing new: nothing copied again
     shutil.rmtree(places["training"])  # the next session
     again = run_experiment("done", STUDENT, toy_cifar, _cfg(), **kw)
     assert again.reused and again.path.parent == places["bank"]
@@ -430,6 +430,12 @@ def test_a_lean_bank_keeps_weights_only_where_a_cell_reads_them(toy_cifar, tmp_p
     assert sorted(runs.bank("smoke", tmp_path)["runs"]) == sorted(r.path.name for r in (plain, light, heavy))
     bank = places["bank"]
     assert all((bank / r.path.name / "model.pt").is_file() for r in (plain, light, heavy))  # the default: all
+    # lean on a bank that already holds them: the weights no cell read are dropped, the others kept
+    leaned = runs.bank("smoke", tmp_path, lean=True)
+    assert leaned["runs"] == [] and leaned["pruned"] == [light.path.name]
+    assert not (bank / light.path.name / "model.pt").exists() and not runs.read_record(bank / light.path.name)["weights"]
+    assert (bank / heavy.path.name / "model.pt").is_file() and (bank / plain.path.name / "model.pt").is_file()
+    assert runs.bank("smoke", tmp_path, lean=True)["pruned"] == []  # nothing left to drop
     shutil.rmtree(bank)
     assert sorted(runs.bank("smoke", tmp_path, lean=True)["runs"]) == sorted(r.path.name for r in (plain, light, heavy))
     assert not (bank / light.path.name / "model.pt").exists() and not runs.read_record(bank / light.path.name)["weights"]
