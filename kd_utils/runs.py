@@ -448,7 +448,7 @@ def bank(profile=None, root=None, lean: bool = False) -> dict[str, list[str]]:
             _copy_atomic(state, dst)
             out["states"].append(state.stem)
     for state in sorted((banked / "_state").glob("*.pth")) if (banked / "_state").is_dir() else []:
-        if (banked / state.stem / "run.json").is_file() or (train / state.stem / "run.json").is_file():
+        if any((store / state.stem / "run.json").is_file() for store in (banked, train, ref)):
             state.unlink()  # the run finished: its state will never be resumed
     return out
 

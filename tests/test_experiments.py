@@ -412,6 +412,12 @@ def test_banked_runs_and_states_survive_the_loss_of_the_training_store(toy_cifar
     assert runs.size_bytes("smoke", tmp_path, store="bank") > 0
     assert runs.size_bytes("smoke", tmp_path) == sum(
         p.stat().st_size for p in places["reference"].rglob("*") if p.is_file() and places["bank"] not in p.parents)
+    # a banked state whose run is committed now (reference store only, the training store gone): dropped
+    stale = places["bank"] / "_state" / f"{finished.path.name}.pth"
+    stale.write_bytes(b"a state of a run that has finished since")
+    shutil.rmtree(places["training"])
+    runs.bank("smoke", tmp_path)
+    assert not stale.exists()
 
 
 def test_a_lean_bank_keeps_weights_only_where_a_cell_reads_them(toy_cifar, tmp_path, monkeypatch):
