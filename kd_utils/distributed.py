@@ -54,5 +54,10 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
+    """Leave the process group. Every rank waits for the others first: a rank that tears gloo down while
+    another still works (rank 0 saving a checkpoint) can abort the process ("terminate called without an
+    active exception")."""
     if dist.is_available() and dist.is_initialized():
+        if world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
