@@ -382,6 +382,14 @@ def size_bytes(profile=None, root=None, store: str = "reference") -> int:
 
 
 # ------------------------------------------------------------------ bank ----
+def _drop_weights(folder: Path) -> None:
+    """Make a run folder a record without weights: the record says so first, then ``model.pt`` goes, so a
+    cut-off leaves spare weights, never a record that promises weights it lacks."""
+    from .fileio import write_json
+    write_json(folder / "run.json", {**read_record(folder), "weights": False})
+    (folder / "model.pt").unlink(missing_ok=True)
+
+
 def _copy_atomic(src: Path, dst: Path, weights: bool = True) -> None:
     """Copy a file (:func:`kd_utils.fileio.atomic_path`) or a run folder (a temporary folder beside it,
     renamed) so that ``dst`` is either absent or complete; ``weights=False`` leaves a run's ``model.pt``
@@ -396,7 +404,7 @@ def _copy_atomic(src: Path, dst: Path, weights: bool = True) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(src, tmp, ignore=None if weights else shutil.ignore_patterns("model.pt"))
     if not weights:
-        (tmp / "run.json").write_text(json.dumps({**read_record(tmp), "weights": False}, indent=2) + "\n")
+        _drop_weights(tmp)
     shutil.rmtree(dst, ignore_errors=True)
     os.replace(tmp, dst)
 
@@ -438,9 +446,7 @@ def bank(profile=None, root=None, lean: bool = False) -> dict[str, list[str]]:
     for name, keep in read.items():  # lean: runs banked earlier with weights that no cell has read
         folder = banked / name
         if not keep and (folder / "model.pt").is_file() and (folder / "run.json").is_file():
-            from .fileio import write_json  # record first: a cut-off leaves spare weights, never a false record
-            write_json(folder / "run.json", {**read_record(folder), "weights": False})
-            (folder / "model.pt").unlink()
+            _drop_weights(folder)
             out["pruned"].append(name)
     for state in sorted((train / "_state").glob("*.pth")) if (train / "_state").is_dir() else []:
         dst = banked / "_state" / state.name
