@@ -266,13 +266,14 @@ def _cmd_methods(a: argparse.Namespace) -> int:
 def _cmd_replayable(a: argparse.Namespace) -> int:
     from .config import DEFAULT_PROFILE
     from .notebooks import NOTEBOOKS
-    from .runs import replayable, size_bytes
+    from .runs import BUDGET_MIB, replayable, size_bytes
     ok, skipped = replayable(a.notebooks or NOTEBOOKS, DEFAULT_PROFILE)
     print(" ".join(ok))
     if a.explain:
         for nb, why in skipped.items():
             print(f"[replay skipped] {nb}: {why}", file=sys.stderr)
-        print(f"[replay] {len(ok)} notebook(s) replayable; committed runs: {size_bytes(DEFAULT_PROFILE) / 2**20:.1f} MB",
+        print(f"[replay] {len(ok)} notebook(s) replayable; committed runs: {size_bytes(DEFAULT_PROFILE) / 2**20:.1f} MiB "
+              f"of the {BUDGET_MIB} MiB budget",
               file=sys.stderr)
     return 0
 

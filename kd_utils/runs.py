@@ -49,6 +49,11 @@ REFERENCE_ENV = "KD_REFERENCE_RUNS"  # the reference store, when outputs go else
 FORMAT = "kd_utils/run/2"
 LOGITS_DTYPE = torch.float16
 BANK = "_bank"  # inside the reference store: runs (and cut-off states) kept between sessions
+# The committed reference store's ceiling (the bank excluded), MiB. A record is about 0.3 MiB of float16
+# test and validation logits that barely compress (xz saves under a fifth), and the second editions of
+# Tasks 2-4 (three seeds of every study) need about 100 MiB of records beside the first two notebooks'
+# 27 MiB: the first ceiling, 40 MiB, would have meant dropping the evidence each record carries.
+BUDGET_MIB = 150
 _PROCESS_SESSION = uuid.uuid4().hex[:12]
 
 
@@ -304,6 +309,10 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
                          execution_wall_time_s=old["execution_wall_time_s"], reexport_wall_time_s=round(wall_time_s, 1))
     write_json(manifest, {**entry, **provenance()})
     prune(profile, root)
+    total = size_bytes(profile, root) / 2**20
+    if total > BUDGET_MIB:  # the export stands (the execution is done); the budget test fails until it shrinks
+        print(f"[export] committed runs now take {total:.1f} MiB, over the {BUDGET_MIB} MiB budget "
+              "(kd_utils.runs.BUDGET_MIB): keep fewer weights or fewer runs before committing")
     return manifest
 
 
