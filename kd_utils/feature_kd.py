@@ -231,7 +231,9 @@ def _centred_gram(f: torch.Tensor) -> torch.Tensor:
 class FeatureDistiller(Distiller):
     """``(1 - alpha) * CE + alpha * KD(T) + beta * feature_loss``: a feature method alone (alpha = 0,
     CE weight 1, as RepDistiller trains them) or combined with Hinton KD (alpha = 0.9 as in Task 1),
-    all weights in one place (:meth:`_losses`). Subclasses name the layers, build adapters from the
+    all weights in one place (:meth:`_losses`). ``ce_weight`` replaces the convex ``1 - alpha``: the
+    references add KD to a feature method as ``CE + KD + beta * feature`` (RepDistiller's ``-r 1 -a 1``),
+    i.e. ``ce_weight=1, alpha=1``. Subclasses name the layers, build adapters from the
     probed feature shapes, and define ``feature_loss``; where they read features differently they
     override :meth:`student_features` / :meth:`teacher_features` (``clone_features``: pre-ReLU maps),
     and a scheduled feature weight overrides :meth:`loss_weight`. Adapters (regressors, projections)
@@ -250,7 +252,8 @@ class FeatureDistiller(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, beta: float, alpha: float = 0.0,
                  temperature: float = CIFAR_KD.temperature, student_layers: Sequence[str] | None = None,
-                 teacher_layers: Sequence[str] | None = None, input_shape: Sequence[int] = (3, 32, 32)):
+                 teacher_layers: Sequence[str] | None = None, input_shape: Sequence[int] = (3, 32, 32),
+                 ce_weight: float | None = None):
         if teacher is None:
             raise ValueError(f"{type(self).__name__} needs the teacher network (its layers define the targets)")
         if not 0 <= alpha <= 1:
@@ -259,8 +262,12 @@ class FeatureDistiller(Distiller):
             raise ValueError(f"beta (feature loss weight) must be a finite number >= 0, got {beta}")
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        if ce_weight is not None and not (isinstance(ce_weight, (int, float)) and math.isfinite(ce_weight)
+                                          and ce_weight >= 0):
+            raise ValueError(f"ce_weight must be a finite number >= 0 or None (None: 1 - alpha), got {ce_weight!r}")
         super().__init__(student, teacher)
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+        self.ce_weight = 1.0 - self.alpha if ce_weight is None else float(ce_weight)
         self.s_layers = tuple(student_layers or self.student_layers)
         self.t_layers = tuple(teacher_layers or self.teacher_layers)
         if len(self.s_layers) != len(self.t_layers) or not self.s_layers:
@@ -329,12 +336,12 @@ class FeatureDistiller(Distiller):
 
     def _losses(self, logits: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None,
                 feature_loss: Callable[[], torch.Tensor], ctx: StepContext | None = None) -> dict[str, torch.Tensor]:
-        """The weighted terms: ``loss_ce`` ``(1 - alpha) * CE`` (alpha < 1), ``loss_kd`` ``alpha * KD(T)``
+        """The weighted terms: ``loss_ce`` ``ce_weight * CE`` (weight > 0; default ``1 - alpha``), ``loss_kd`` ``alpha * KD(T)``
         (alpha > 0), and ``term`` ``loss_weight(ctx) * feature_loss()`` (beta > 0; ``feature_loss`` is only
         called then, so a term with side effects, such as CRD's bank update, has none at beta 0)."""
         losses = {}
-        if self.alpha < 1:
-            losses["loss_ce"] = (1 - self.alpha) * F.cross_entropy(logits.float(), y)
+        if self.ce_weight > 0:
+            losses["loss_ce"] = self.ce_weight * F.cross_entropy(logits.float(), y)
         if self.alpha > 0:
             losses["loss_kd"] = self.alpha * kd_loss(logits, t_logits, self.temperature)
         if self.beta > 0:
@@ -348,7 +355,7 @@ class FeatureDistiller(Distiller):
 
     def describe(self) -> dict[str, Any]:
         return {"method": type(self).__name__, "alpha": self.alpha, "beta": self.beta, "temperature": self.temperature,
-                "student_layers": list(self.s_layers), "teacher_layers": list(self.t_layers),
+                "ce_weight": self.ce_weight, "student_layers": list(self.s_layers), "teacher_layers": list(self.t_layers),
                 "extra_parameters": self.extra_parameters}
 
 

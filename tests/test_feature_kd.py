@@ -315,3 +315,29 @@ def test_cka_matrix_and_pca_and_plots(tmp_path):
         plot_attention_maps(torch.zeros(2, 3, 32, 32), {"t": torch.rand(3, 8, 8)})
     fig = plot_embedding_2d({"a": p, "b": p}, torch.arange(50) % 3, ["x", "y", "z"], path=tmp_path / "e.png")
     assert len(fig.axes) == 2
+
+
+def test_ce_weight_gives_the_references_ce_plus_kd_plus_feature_sum():
+    """RepDistiller adds KD to a feature method as CE + KD + beta * feature (-r 1 -a 1): ce_weight=1 with
+    alpha=1, checked against each term computed by hand; the default keeps the convex 1 - alpha."""
+    import torch.nn.functional as F
+    s, t = _pair()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        t_logits, s_logits = t.eval()(x), s.eval()(x)
+        T = 4.0
+        kl = (F.softmax(t_logits / T, 1) * (F.log_softmax(t_logits / T, 1) - F.log_softmax(s_logits / T, 1))).sum(1).mean()
+        ce = F.cross_entropy(s_logits, y)
+    for kw, want_ce, want_kd in [({"alpha": 1.0, "ce_weight": 1.0}, ce, kl * T ** 2),
+                                 ({"alpha": 0.9}, 0.1 * ce, 0.9 * kl * T ** 2),
+                                 ({"alpha": 0.5, "ce_weight": 2.0}, 2.0 * ce, 0.5 * kl * T ** 2)]:
+        d = AttentionTransfer(s, t, temperature=T, **kw).eval()
+        with torch.no_grad():
+            _, losses = d(x, y)
+        torch.testing.assert_close(losses["loss_ce"], want_ce, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(losses["loss_kd"], want_kd, rtol=1e-5, atol=1e-6)
+        assert d.describe()["ce_weight"] == pytest.approx(want_ce.item() / ce.item())
+    assert "loss_ce" not in AttentionTransfer(s, t, alpha=1.0)(x, y)[1]   # alpha 1 alone: no CE, as before
+    for bad in (-1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match=r"ce_weight must be a finite number >= 0 or None \(None: 1 - alpha\), got"):
+            AttentionTransfer(s, t, alpha=1.0, ce_weight=bad)
