@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 # hyper-parameter -> its letter in a name, in the order names list them
-ABBREVIATIONS = {"temperature": "T", "alpha": "a", "beta": "b", "gamma": "g", "epsilon": "eps"}
+ABBREVIATIONS = {"temperature": "T", "alpha": "a", "beta": "b", "gamma": "g", "epsilon": "eps", "ce_weight": "ce"}
 _TEACHER_FREE = {"ce": "scratch"}  # a cross-entropy run is named for what it is: a student from scratch
 
 

@@ -28,3 +28,8 @@ def test_run_names(args, kwargs, expected):
 def test_bad_names_are_refused(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         run_name(kwargs.pop("method"), **kwargs)
+
+
+def test_ce_weight_is_named_last_so_earlier_names_are_unchanged():
+    assert run_name("at_kd", temperature=4.0, alpha=1.0, ce_weight=1.0) == "at_kd_T4_a1_ce1"
+    assert run_name("at_kd", temperature=4.0, alpha=0.9) == "at_kd_T4_a0.9"
