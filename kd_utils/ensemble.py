@@ -8,7 +8,7 @@ and multi-teacher distillation.
   shared batches (and shared teacher outputs, cached or online). Each student's loss is
   ``(1 - alpha) * CE + alpha * KD(teacher) + beta * mean_j KL(p_j || p_i)`` over its peers ``j``
   (deep mutual learning, Zhang et al. 2018, with the peers' predictions detached: the simultaneous
-  update most implementations use; ``peers="sum"`` sums the peers' terms as the paper does). With ``beta = 0`` and plain SGD the students do not interact,
+  update most implementations use; ``peers="sum"`` sums the peers' terms as the authors' code does). With ``beta = 0`` and plain SGD the students do not interact,
   so training them together gives the same weights as training them one by one on the same batches.
 - ``plans="own"`` (:class:`PeerPlans`): each peer trains on its own independently seeded batch order and
   augmentation instead of the run's shared plan; peer 0 keeps the run's plan. The mutual term then
@@ -37,7 +37,7 @@ PLANS = ("shared", "own")
 
 def mutual_loss(logits: torch.Tensor, temperature: float = 1.0, peers: str = "mean") -> torch.Tensor:
     """Deep mutual learning term summed over students: for each student i, the mean (``peers="mean"``,
-    ours) or the sum (``peers="sum"``, the paper's eq. 10 and its reference code) over peers j != i of
+    ours) or the sum (``peers="sum"``, the authors' TensorFlow code, ``train_models.py``) over peers j != i of
     ``T^2 * KL(p_j^T || p_i^T)`` with the peers detached; ``logits`` is (S, N, K), S >= 2. The two agree
     for two students; with S students the sum weighs the mutual term S - 1 times more."""
     if peers not in PEER_REDUCTIONS:
