@@ -427,6 +427,9 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, method: Distiller | None = 
             val = evaluate(model, data, "val", device=loop.device, precision=loop.precision)
             # the logit scale per epoch (Sun et al. 2024): free here, a re-run per epoch afterwards
             row.update(val_loss=val.loss, val_acc=val.accuracy, val_logit_std=float(metrics.logit_std(val.logits).mean()))
+            # a cohort validates as its ensemble (what selects its epoch); each member's curve beside it
+            for i, member in enumerate(getattr(model, "students", None) or []):
+                row[f"val_acc_m{i}"] = evaluate(member, data, "val", device=loop.device, precision=loop.precision).accuracy
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
         # Without a validation split there is nothing to select on: the last epoch is kept (the paper

@@ -175,3 +175,20 @@ def test_multi_teacher_distillation_uses_the_averaged_teachers(toy_cifar, tmp_pa
     student = build_model("vgg8", width=0.125)
     res = distill(student, ens, toy_cifar, cfg, cache_dir=tmp_path, temperature=4.0, progress=False)
     assert res.config["teacher_outputs"].startswith("plan cache read")  # the same plan: the cache built above
+
+
+def test_a_cohort_history_has_each_members_validation_accuracy(toy_cifar):
+    """Beside the ensemble's val_acc (which selects the epoch), one val_acc_m<i> per member: at the last
+    epoch (kept, restore_best=False) each equals that member evaluated afresh; a single model gets none."""
+    from kd_utils.train_eval import evaluate
+    cfg = TrainConfig(epochs=2, batch_size=64, optimizer="sgd", lr=0.02, device="cpu", precision="fp32", seed=0)
+    torch.manual_seed(0)
+    c = Cohort([build_model("vgg8", width=0.125) for _ in range(2)])
+    h = fit(c, toy_cifar, cfg, method=CohortDistiller(c, None, beta=1.0), progress=False, restore_best=False).history
+    assert {"val_acc", "val_acc_m0", "val_acc_m1"} <= set(h.columns) and len(h) == 2
+    for i, s in enumerate(c.students):
+        assert h[f"val_acc_m{i}"].iloc[-1] == pytest.approx(evaluate(s, toy_cifar, "val", device="cpu").accuracy)
+    assert h["val_acc"].iloc[-1] == pytest.approx(evaluate(c, toy_cifar, "val", device="cpu").accuracy)
+    single = build_model("vgg8", width=0.125)
+    h1 = fit(single, toy_cifar, cfg.replace(epochs=1), progress=False).history
+    assert not any(col.startswith("val_acc_m") for col in h1.columns)
