@@ -410,7 +410,9 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
     key = spec_key(spec)
     places = runs.stores(prof, root)
     order = [places["reference"]] if mode == "replay" else [places["training"], places["reference"], places["bank"]]
-    found = runs.find(name, key, order)
+    # a cell that reads the weights takes the first stored copy that has them (e.g. banked, while the
+    # committed copy of another notebook has none)
+    found = (keep_weights and runs.find(name, key, order, weights=True)) or runs.find(name, key, order)
     if found is not None:
         record = runs.read_record(found)
         if mode != "fresh" or record.get("session") == runs.session_id():

@@ -141,11 +141,12 @@ def folder_name(name: str, key: str) -> str:
     return f"{name}-{key[:12]}"
 
 
-def find(name: str, key: str, places: list[Path]) -> Path | None:
-    """The first folder among ``places`` holding a complete record of (name, key)."""
+def find(name: str, key: str, places: list[Path], weights: bool = False) -> Path | None:
+    """The first folder among ``places`` holding a complete record of (name, key) (``weights``: and its
+    ``model.pt``)."""
     for base in places:
         rec = base / folder_name(name, key) / "run.json"
-        if rec.is_file():
+        if rec.is_file() and (not weights or (rec.parent / "model.pt").is_file()):
             try:
                 if json.loads(rec.read_text()).get("key") == key:
                     return rec.parent
@@ -274,9 +275,17 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
     for m in (ref / "manifests").glob("*.json"):
         if m.stem != Path(notebook).stem:
             elsewhere.update(json.loads(m.read_text())["runs"])
-    names, compute, trained_here, precisions, cpus = [], 0.0, 0, set(), set()
+    # one run used from two stores (its weights from the bank, its record elsewhere from the reference store):
+    # one entry, from the copy with weights, keeping them if any use read them
+    by_name: dict[str, tuple[Path, bool]] = {}
     for src, keep in used.items():
         src = Path(src)
+        old = by_name.get(src.name)
+        if old is not None and not has_weights(src):
+            src = old[0]
+        by_name[src.name] = (src, keep or (old is not None and old[1]))
+    names, compute, trained_here, precisions, cpus = [], 0.0, 0, set(), set()
+    for src, keep in by_name.values():
         dst = ref / src.name
         record = read_record(src)
         keep = keep or (src.name in elsewhere and has_weights(dst))
@@ -354,9 +363,12 @@ def prune(profile, root=None) -> list[str]:
         if folder.is_dir() and folder.name != "manifests" and (folder / "run.json").exists() and folder.name not in listed:
             shutil.rmtree(folder)
             gone.append(folder.name)
-    banked = ref / BANK
+    banked, read = ref / BANK, weights_read(profile, root)
     for folder in banked.iterdir() if banked.is_dir() else []:
-        if folder.name in listed and (ref / folder.name / "run.json").is_file():  # committed now: out of the bank
+        committed = ref / folder.name
+        # committed now: out of the bank, unless it banks weights a cell reads that the committed copy lacks
+        if folder.name in listed and (committed / "run.json").is_file() and \
+                (has_weights(committed) or not has_weights(folder) or not read.get(folder.name)):
             shutil.rmtree(folder)
     return gone
 
@@ -442,11 +454,17 @@ def bank(profile=None, root=None, lean: bool = False) -> dict[str, list[str]]:
     student that a later session trains (it would be retrained first)."""
     places = stores(profile, root)
     train, ref, banked = places["training"], places["reference"], places["bank"]
-    read = weights_read(profile, root) if lean else {}
+    used = weights_read(profile, root)
+    read = used if lean else {}
     out: dict[str, list[str]] = {"runs": [], "states": [], "pruned": []}
     for rec in sorted(train.glob("*/run.json")) if train.is_dir() else []:
         folder = rec.parent
-        if (ref / folder.name / "run.json").is_file() or (banked / folder.name / "run.json").is_file():
+        committed = (ref / folder.name / "run.json").is_file()
+        # committed without the weights a cell of this execution reads (another notebook committed it): bank
+        # them, or the next session retrains it for them
+        if (committed and (has_weights(ref / folder.name) or not used.get(folder.name))) \
+                or (banked / folder.name / "model.pt").is_file() \
+                or ((banked / folder.name / "run.json").is_file() and not committed):
             continue
         if not (folder / "model.pt").is_file():
             continue  # a run recorded without weights cannot teach or be re-evaluated: nothing to keep

@@ -460,6 +460,39 @@ def test_a_lean_bank_keeps_weights_only_where_a_cell_reads_them(toy_cifar, tmp_p
     assert not heavier.reused and (heavier.path / "model.pt").is_file() and heavier.accuracy == light.accuracy
 
 
+def test_weights_a_cell_reads_of_a_run_committed_without_them_are_banked_and_reused(toy_cifar, tmp_path, monkeypatch):
+    """Task 2 reads the weights of Task 1's scratch runs, which Task 1 committed without them: the run
+    retrained for them is banked with its weights (though committed), the next session reuses that banked
+    copy instead of retraining, and the bank keeps it until the committed copy has the weights too."""
+    kw = dict(profile="smoke", root=tmp_path, progress=False)
+    places = runs.stores("smoke", tmp_path)
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "First.ipynb")
+    first = run_experiment("shared", STUDENT, toy_cifar, _cfg(), **kw)
+    runs.export_notebook_runs("smoke", "First.ipynb", wall_time_s=1.0, root=tmp_path)
+    committed = places["reference"] / first.path.name
+    assert not (committed / "model.pt").exists()
+    assert runs.bank("smoke", tmp_path)["runs"] == []  # committed, and no cell read its weights: nothing to bank
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Second.ipynb")
+    monkeypatch.setenv(runs.SESSION_ENV, "second-session")
+    again = run_experiment("shared", STUDENT, toy_cifar, _cfg(), keep_weights=True, **kw)
+    assert again.path.parent == places["training"] and again.accuracy == first.accuracy
+    assert runs.bank("smoke", tmp_path)["runs"] == [first.path.name]
+    assert (places["bank"] / first.path.name / "model.pt").is_file()
+    assert runs.bank("smoke", tmp_path)["runs"] == []  # banked once
+    runs.prune("smoke", tmp_path)
+    assert (places["bank"] / first.path.name / "model.pt").is_file()  # the committed copy still lacks them
+    shutil.rmtree(places["training"])  # the next session: reused from the bank, not retrained
+    monkeypatch.setenv(runs.SESSION_ENV, "third-session")
+    reused = run_experiment("shared", STUDENT, toy_cifar, _cfg(), keep_weights=True, **kw)
+    assert reused.reused and reused.path.parent == places["bank"]
+    for a, b in zip(again.model.state_dict().values(), reused.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert run_experiment("shared", STUDENT, toy_cifar, _cfg(), **kw).path == committed  # no weights asked: as before
+    runs.export_notebook_runs("smoke", "Second.ipynb", wall_time_s=1.0, root=tmp_path)
+    assert (committed / "model.pt").is_file() and not (places["bank"] / first.path.name).exists()
+    assert json.loads(runs.manifest_path("smoke", "Second.ipynb", tmp_path).read_text())["runs"] == [first.path.name]
+
+
 def test_restore_best_false_keeps_the_last_epoch_and_keys_only_itself(toy_cifar, tmp_path):
     """restore_best=False (a protocol that reports the last epoch) stores the last epoch's weights; it is
     in the key only when asked for, so the keys of every default run stay as they were."""
