@@ -165,6 +165,7 @@ class Run:
     _model: nn.Module | None = field(repr=False, default=None)
     _weights_fallback: Path | None = field(repr=False, default=None)
     _logits: dict[str, torch.Tensor | None] | None = field(repr=False, default=None)  # read once
+    _store: tuple | None = field(repr=False, default=None)  # (profile, root): where a read of val logits is noted
 
     @property
     def accuracy(self) -> float:
@@ -184,23 +185,33 @@ class Run:
 
     def logits(self, split: str = "test") -> torch.Tensor:
         """The run's stored logits of ``split`` ("test" or "val"), float32."""
-        if self._logits is None:
-            self._logits = runs.read_logits(self.path)
-        stored = self._logits
+        stored = self._read_logits(split)
         if split not in stored or stored[split] is None:
             raise ValueError(f"run {self.name!r} stores logits for {sorted(k for k, v in stored.items() if v is not None)}"
-                             f", not {split!r}")
+                             f", not {split!r}{self._why_no_val(split)}")
         return stored[split].float()
 
     def member_logits(self, split: str = "test") -> torch.Tensor:
         """A cohort run's stored logits of each member, (members, N, K) float32 (``split``: "test" or "val")."""
-        if self._logits is None:
-            self._logits = runs.read_logits(self.path)
-        stored = self._logits.get(f"{split}_members")
+        stored = self._read_logits(split).get(f"{split}_members")
         if stored is None:
             raise ValueError(f"run {self.name!r} stores no per-member logits of {split!r} (not a cohort, or recorded "
-                             "before cohorts stored them)")
+                             f"before cohorts stored them){self._why_no_val(split)}")
         return stored.float()
+
+    def _read_logits(self, split: str) -> dict[str, torch.Tensor | None]:
+        if self._logits is None:
+            self._logits = runs.read_logits(self.path)
+        if split != "test" and self._store is not None:  # the export keeps validation logits a cell read
+            runs.note_use(self._store[0], self.path, False, self._store[1], val_logits=True)
+            self._store = None  # noted once
+        return self._logits
+
+    def _why_no_val(self, split: str) -> str:
+        if split == "val" and self.record.get("val_logits") is False:
+            return ("; it was committed without them because no cell of the notebook that committed it read them: "
+                    "retrain it (mode=\"fresh\") where a cell needs them")
+        return ""
 
     def __repr__(self) -> str:
         return (f"Run({self.name!r}, test_accuracy={self.accuracy:.4f}, "
@@ -431,6 +442,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
                     print(f"[{'replayed' if mode == 'replay' else 'reused'}] {name}: test accuracy "
                           f"{run.accuracy:.4f} ({found})")
                 runs.note_use(prof, found, keep_weights, root)
+                run._store = (prof, root)
                 RUNS_USED.append(run)
                 return run
     if mode == "replay":
@@ -488,7 +500,7 @@ def run_experiment(name: str, student: dict, data, cfg: TrainConfig, *, method: 
             print(f"[trained] {name}: test accuracy {m['test_accuracy']:.4f} in {wall:.0f} s ({res.config['teacher_outputs']})")
         runs.note_use(prof, folder, keep_weights, root)
         run = Run(name, res.history, _with_teacher(m, logits["test"], teacher, data, cfg), False, folder, spec, record,
-                  model, None, logits)
+                  model, None, logits, (prof, root))
         RUNS_USED.append(run)
         return run
 

@@ -13,7 +13,8 @@ A run (one :func:`kd_utils.experiments.run_experiment` call) is stored as a fold
 Three stores: the *training store* ``models/<profile>/runs/`` (ignored by git; every run, with weights)
 and the *reference store* ``results/<profile>/runs/`` (committed for the default profile), which
 :func:`export_notebook_runs` fills with the runs a notebook's reference execution used: records and
-logits, weights only where the notebook asked for them (``keep_weights=True``: a cell reads them).
+test logits, validation logits only where a cell read them (``Run.logits("val")``), weights only where
+the notebook asked for them (``keep_weights=True``: a cell reads them).
 ``results/<profile>/runs/manifests/<notebook>.json`` lists each notebook's runs. Between them the
 *bank* ``results/<profile>/runs/_bank/`` (committed, :func:`bank`): finished runs with their weights and
 the saved states of runs cut off part-way, so a reference execution longer than one session (whose
@@ -234,25 +235,44 @@ def _diff(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
 
 
 # --------------------------------------------------------- notebook sets ----
-def note_use(profile, folder: Path, keep_weights: bool, root=None) -> None:
-    """Record that the notebook being executed (``$KD_NOTEBOOK``) used this run."""
+def note_use(profile, folder: Path, keep_weights: bool, root=None, val_logits: bool = False) -> None:
+    """Record that the notebook being executed (``$KD_NOTEBOOK``) used this run (``keep_weights``: a cell
+    reads its weights; ``val_logits``: a cell read its validation logits)."""
     notebook = os.environ.get(NOTEBOOK_ENV)
     if not notebook:
         return
     log = stores(profile, root)["training"] / "_used" / session_id() / f"{Path(notebook).stem}.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as fh:
-        fh.write(json.dumps({"folder": str(Path(folder).resolve()), "keep_weights": bool(keep_weights)}) + "\n")
+        fh.write(json.dumps({"folder": str(Path(folder).resolve()), "keep_weights": bool(keep_weights),
+                             "val_logits": bool(val_logits)}) + "\n")
 
 
-def _uses(logs) -> dict[str, bool]:
-    """The run folders :func:`note_use` logged in ``logs``, each with whether any use read its weights."""
+def _uses(logs, what: str = "keep_weights") -> dict[str, bool]:
+    """The run folders :func:`note_use` logged in ``logs``, each with whether any use read ``what``
+    ("keep_weights": its weights, "val_logits": its validation logits). A log written before uses noted
+    validation reads counts every run's as read."""
     used: dict[str, bool] = {}
     for log in logs:
         for line in Path(log).read_text().splitlines():
             entry = json.loads(line)
-            used[entry["folder"]] = used.get(entry["folder"], False) or bool(entry["keep_weights"])
+            used[entry["folder"]] = used.get(entry["folder"], False) or bool(entry.get(what, True))
     return used
+
+
+VAL_KEYS = ("val", "val_members")
+
+
+def _has_val_logits(folder: Path) -> bool:
+    return (Path(folder) / "run.json").is_file() and read_record(folder).get("val_logits", True)
+
+
+def _without_val_logits(src: Path) -> bytes:
+    """``src``'s logits.pt without its validation logits, serialised."""
+    import io
+    buf = io.BytesIO()
+    torch.save({k: v for k, v in read_logits(src).items() if k not in VAL_KEYS}, buf)
+    return buf.getvalue()
 
 
 def has_weights(*folders: Path | None) -> bool:
@@ -268,7 +288,7 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
     log = places["training"] / "_used" / session_id() / f"{Path(notebook).stem}.jsonl"
     if not log.is_file():
         return None
-    used = _uses([log])
+    used, val_read = _uses([log]), _uses([log], "val_logits")
     ref = places["reference"]
     # a run another notebook also commits keeps the weights its cells read (the folder is shared)
     elsewhere: set[str] = set()
@@ -277,29 +297,37 @@ def export_notebook_runs(profile, notebook: str, *, wall_time_s: float, root=Non
             elsewhere.update(json.loads(m.read_text())["runs"])
     # one run used from two stores (its weights from the bank, its record elsewhere from the reference store):
     # one entry, from the copy with weights, keeping them if any use read them
-    by_name: dict[str, tuple[Path, bool]] = {}
+    by_name: dict[str, tuple[Path, bool, bool]] = {}
     for src, keep in used.items():
+        val = val_read.get(src, True)
         src = Path(src)
         old = by_name.get(src.name)
         if old is not None and not has_weights(src):
             src = old[0]
-        by_name[src.name] = (src, keep or (old is not None and old[1]))
+        by_name[src.name] = (src, keep or (old is not None and old[1]), val or (old is not None and old[2]))
     names, compute, trained_here, precisions, cpus = [], 0.0, 0, set(), set()
-    for src, keep in by_name.values():
+    for src, keep, val in by_name.values():
         dst = ref / src.name
         record = read_record(src)
-        keep = keep or (src.name in elsewhere and has_weights(dst))
-        if src.resolve() != dst.resolve():
+        same = src.resolve() == dst.resolve()
+        keep = keep or ((same or src.name in elsewhere) and has_weights(dst))
+        # validation logits only where a cell read them: they are half of a record's size
+        val = (val or (src.name in elsewhere and _has_val_logits(dst))) and record.get("val_logits", True)
+        if not same or (not val and record.get("val_logits", True)):
             tmp = ref / f".{src.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            for f in ("history.csv", "logits.pt"):
-                shutil.copy2(src / f, tmp / f)
+            shutil.copy2(src / "history.csv", tmp / "history.csv")
+            if val:
+                shutil.copy2(src / "logits.pt", tmp / "logits.pt")
+            else:
+                (tmp / "logits.pt").write_bytes(_without_val_logits(src))
             weights = next((w for w in (src / "model.pt", places["training"] / src.name / "model.pt", dst / "model.pt")
                             if w.is_file()), src / "model.pt")
             if keep:
                 shutil.copy2(weights, tmp / "model.pt")
-            (tmp / "run.json").write_text(json.dumps({**record, "weights": bool(keep)}, indent=2) + "\n")
+            (tmp / "run.json").write_text(json.dumps({**record, "weights": bool(keep), "val_logits": bool(val)},
+                                                     indent=2) + "\n")
             shutil.rmtree(dst, ignore_errors=True)
             os.replace(tmp, dst)
         names.append(src.name)

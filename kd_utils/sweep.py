@@ -1051,6 +1051,7 @@ def run_sweep(specs: Iterable, executor=None, *, profile=None, mode: str | None 
         if o is not None and not in_process:  # what run_experiment records in the caller's process
             experiments.RUNS_USED.append(o.run)
             runs.note_use(prof, o.run.path, r.spec.keep_weights, root_abs)
+            o.run._store = (prof, root_abs)
     if failures:
         lines = [f"{_label(tasks[j].index, tasks[j])}: {why}" for j, why in sorted(failures.items())]
         raise SweepError(f"{len(failures)} of {len(tasks)} runs failed (the others are stored):\n  " + "\n  ".join(lines),

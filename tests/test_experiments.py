@@ -545,3 +545,45 @@ def test_a_stored_teacher_run_keys_its_students_by_its_recorded_weights_checksum
     assert again.metrics["kl"] == pytest.approx(by_module.metrics["kl"], rel=0.02, abs=1e-3)
     with pytest.raises(runs.RunError, match="teacher run 't' must be trained with keep_weights=True"):
         run_experiment("kd", STUDENT, toy_cifar, _cfg(seed=2), method="kd", teacher=stored, temperature=4.0, **kw)
+
+
+def test_the_export_keeps_validation_logits_only_where_a_cell_read_them(toy_cifar, tmp_path, monkeypatch):
+    """Validation logits are half of a record: a committed run keeps them only if a cell of the exporting
+    notebook (or of another notebook that commits the run) read them; the test logits always stay."""
+    kw = dict(profile="cpu", root=tmp_path, progress=False)
+    ref = runs.stores("cpu", tmp_path)["reference"]
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
+    read = run_experiment("read", STUDENT, toy_cifar, _cfg(), **kw)
+    unread = run_experiment("unread", STUDENT, toy_cifar, _cfg(seed=1), **kw)
+    val = read.logits("val")
+    _export(tmp_path)
+    assert torch.equal(runs.read_logits(ref / read.path.name)["val"].float(), val)
+    assert runs.read_record(ref / read.path.name)["val_logits"] is True
+    stripped = runs.read_logits(ref / unread.path.name)
+    assert "val" not in stripped and torch.equal(stripped["test"].float(), unread.logits("test"))
+    assert runs.read_record(ref / unread.path.name)["val_logits"] is False
+    assert (ref / unread.path.name / "logits.pt").stat().st_size < 0.75 * (unread.path / "logits.pt").stat().st_size
+    # replayed from the committed runs alone: the read one still has them, the other says why it has not
+    shutil.rmtree(runs.stores("cpu", tmp_path)["training"])
+    again = run_experiment("read", STUDENT, toy_cifar, _cfg(), mode="replay", **kw)
+    assert torch.equal(again.logits("val"), val)
+    other = run_experiment("unread", STUDENT, toy_cifar, _cfg(seed=1), mode="replay", **kw)
+    assert other.metrics == unread.metrics
+    with pytest.raises(ValueError, match="committed without them because no cell"):
+        other.logits("val")
+    # another notebook that does not read them does not strip them from a run both commit
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Other.ipynb")
+    monkeypatch.setenv(runs.SESSION_ENV, "other-session")
+    run_experiment("read", STUDENT, toy_cifar, _cfg(), mode="replay", **kw)
+    _export(tmp_path, "Other.ipynb")
+    assert "val" in runs.read_logits(ref / read.path.name)
+
+
+def test_a_use_log_written_before_validation_reads_were_noted_keeps_them(toy_cifar, tmp_path, monkeypatch):
+    monkeypatch.setenv(runs.NOTEBOOK_ENV, "Probe.ipynb")
+    run = run_experiment("old", STUDENT, toy_cifar, _cfg(), profile="cpu", root=tmp_path, progress=False)
+    log = next((runs.stores("cpu", tmp_path)["training"] / "_used").glob("*/Probe.jsonl"))
+    log.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "val_logits"}) + "\n"
+                           for line in log.read_text().splitlines()))
+    _export(tmp_path)
+    assert "val" in runs.read_logits(runs.stores("cpu", tmp_path)["reference"] / run.path.name)
